@@ -1,0 +1,21 @@
+"""solar-jax: SOLAR 10.7B's recipe in JAX/Flax.
+
+Public API:
+    load_model(path, dtype=None) -> Model      HF folder, solar-jax checkpoint or .gguf
+    save_model(model, path, format="solar"|"hf")
+    convert(src, dst, to="solar"|"hf", dtype=None, max_shard_size="5GB", overwrite=False)
+    attention(q, k, v, segment_ids=None, positions=None, *, causal, sliding_window, impl)
+    ModelConfig, Model, init_params, abstract_params, logical_axes, load_tokenizer
+"""
+
+from solar_jax.api import convert, load_model, save_model
+from solar_jax.config import ModelConfig
+from solar_jax.errors import SolarError
+from solar_jax.model.attention import attention, available_attention_impls, register_attention
+from solar_jax.model.transformer import Model, abstract_params, forward, init_params, logical_axes
+from solar_jax.tokenizer import load_tokenizer
+
+__all__ = ["convert", "load_model", "save_model", "ModelConfig", "SolarError", "attention",
+           "available_attention_impls", "register_attention", "Model", "abstract_params",
+           "forward", "init_params", "logical_axes", "load_tokenizer"]
+__version__ = "0.1.0"

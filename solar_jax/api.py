@@ -1,0 +1,85 @@
+"""The documented Python API; the CLI is a thin shell over these functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from solar_jax.checkpoint.memory_source import MemorySource
+from solar_jax.checkpoint.sources import open_source
+from solar_jax.checkpoint.writers import numpy_dtype, write_hf, write_solar
+from solar_jax.config import canonical_dtype
+from solar_jax.errors import SolarError
+from solar_jax.model.transformer import Model
+
+FORMATS = ("solar", "hf")
+
+
+def load_model(path: str | Path, dtype: str | None = None, *, compute_dtype: str | None = None,
+               attention_impl: str | None = None, remat: str | None = None) -> Model:
+    """Load an HF folder, a solar-jax checkpoint or a .gguf file into a `Model`.
+
+    dtype: parameter dtype (fp32/bf16/fp16); default keeps the checkpoint's own (GGUF
+    quantized tensors come out fp32). compute_dtype defaults to the parameter dtype.
+    """
+    source = open_source(path)
+    param_dtype = canonical_dtype(dtype) if dtype else None
+    params: dict = {}
+    from solar_jax.checkpoint import hf_names
+    for leaf in source.leaf_paths():
+        array = source.read_leaf(leaf)
+        if param_dtype:
+            array = array.astype(numpy_dtype(param_dtype), copy=False)
+        hf_names.set_leaf(params, leaf, jnp.asarray(array))
+        del array
+    stored = str(hf_names.get_leaf(params, ("embed", "embedding")).dtype)
+    config = source.config.replace(
+        param_dtype=stored, compute_dtype=canonical_dtype(compute_dtype) if compute_dtype else stored,
+        **({"attention_impl": attention_impl} if attention_impl else {}),
+        **({"remat": remat} if remat else {}))
+    model = Model(config, params)
+    model.source = Path(path)
+    return model
+
+
+def save_model(model: Model, path: str | Path, format: str = "solar", *, dtype: str | None = None,
+               max_shard_size: str | int = "5GB", overwrite: bool = False) -> Path:
+    """Write `model` as a solar-jax checkpoint or an HF folder (tokenizer copied along)."""
+    source_dir = getattr(model, "source", None)
+    extras = source_dir if source_dir is not None and Path(source_dir).is_dir() else None
+    source = MemorySource(model.config, model.params, extras_from=extras,
+                          tokenizer=model.tokenizer)
+    if extras is None and source_dir is not None and Path(source_dir).suffix == ".gguf":
+        source = _with_gguf_extras(source, Path(source_dir))
+    return _write(source, path, format, dtype, max_shard_size, overwrite)
+
+
+def convert(src: str | Path, dst: str | Path, *, to: str = "solar", dtype: str | None = None,
+            max_shard_size: str | int = "5GB", overwrite: bool = False) -> Path:
+    """Stream SRC (HF folder, solar-jax checkpoint, GGUF) into DST in format `to`."""
+    if to not in FORMATS:
+        raise SolarError(f"unknown output format {to!r}; use one of {', '.join(FORMATS)}")
+    if dtype is not None:
+        canonical_dtype(dtype)
+    src, dst = Path(src), Path(dst)
+    if dst.absolute() == src.absolute():
+        raise SolarError("destination is the source; choose another path")
+    return _write(open_source(src), dst, to, dtype, max_shard_size, overwrite)
+
+
+def _write(source, dst, format, dtype, max_shard_size, overwrite):
+    if format == "solar":
+        return write_solar(source, dst, dtype=dtype, overwrite=overwrite)
+    if format == "hf":
+        return write_hf(source, dst, dtype=dtype, max_shard_size=max_shard_size,
+                        overwrite=overwrite)
+    raise SolarError(f"unknown output format {format!r}; use one of {', '.join(FORMATS)}")
+
+
+def _with_gguf_extras(source: MemorySource, gguf_path: Path) -> MemorySource:
+    from solar_jax.checkpoint.gguf_source import GGUFSource
+
+    gguf = GGUFSource(gguf_path)
+    source.copy_extras = gguf.copy_extras  # tokenizer exported from the GGUF metadata
+    return source

@@ -1,0 +1,148 @@
+"""A small safetensors reader and writer working one tensor at a time.
+
+The format is an 8-byte little-endian header length, a JSON header of
+{name: {dtype, shape, data_offsets}}, then raw little-endian bytes. Doing it ourselves
+(no torch, numpy + ml_dtypes for bf16) lets us validate every file from its header before
+reading any data, read exactly one tensor into memory, and write a shard whose header is
+computed from shapes alone, streaming the tensors after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Callable, Iterable
+
+import ml_dtypes
+import numpy as np
+
+from solar_jax.errors import SolarError
+
+ST_TO_NUMPY = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32), "I16": np.dtype(np.int16), "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}
+NUMPY_TO_ST = {v: k for k, v in ST_TO_NUMPY.items()}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsFile:
+    """Header of one .safetensors file, validated against the file size."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                raw_len = f.read(8)
+                if len(raw_len) < 8:
+                    raise SolarError(f"{self.path} is truncated (no safetensors header)")
+                (header_len,) = struct.unpack("<Q", raw_len)
+                if header_len > min(MAX_HEADER, size - 8):
+                    raise SolarError(f"{self.path} is truncated or not a safetensors file")
+                header = json.loads(f.read(header_len))
+        except FileNotFoundError:
+            raise SolarError(f"missing safetensors file {self.path}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise SolarError(f"{self.path} has a corrupt safetensors header") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.data_start = 8 + header_len
+        self.entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
+        for name, info in header.items():
+            dtype = ST_TO_NUMPY.get(info.get("dtype"))
+            if dtype is None:
+                raise SolarError(f"{self.path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+            if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                raise SolarError(f"{self.path}: tensor {name} has a size that does not match its shape")
+            if self.data_start + end > size:
+                raise SolarError(f"{self.path} is truncated: tensor {name} ends past the end of the file")
+            self.entries[name] = (dtype, shape, begin, end)
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][1]
+
+    def dtype(self, name: str) -> np.dtype:
+        return self.entries[name][0]
+
+    def read(self, name: str) -> np.ndarray:
+        dtype, shape, begin, end = self.entries[name]
+        out = np.empty(shape, dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + begin)
+            view = memoryview(out.reshape(-1).view(np.uint8))
+            got = f.readinto(view)
+        if got != end - begin:
+            raise SolarError(f"{self.path} is truncated while reading {name}")
+        return out
+
+
+def write_safetensors(path: str | Path, specs: list[tuple[str, tuple[int, ...], np.dtype]],
+                      fetch: Callable[[str], np.ndarray],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write tensors `specs` (name, shape, dtype), fetching each only when it is written."""
+    header: dict = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype in specs:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": NUMPY_TO_ST[np.dtype(dtype)], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, shape, dtype in specs:
+            array = np.ascontiguousarray(fetch(name))
+            if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+                raise SolarError(f"internal: tensor {name} is {array.dtype}{array.shape}, "
+                                 f"expected {np.dtype(dtype)}{tuple(shape)}")
+            f.write(array.data if array.dtype.byteorder != ">" else array.byteswap().data)
+            del array
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def plan_shards(specs: Iterable[tuple[str, tuple[int, ...], np.dtype]],
+                max_shard_bytes: int) -> list[list[tuple[str, tuple[int, ...], np.dtype]]]:
+    """Greedy split in order, as transformers does: a tensor larger than the limit gets
+    a shard of its own."""
+    shards: list[list] = [[]]
+    size = 0
+    for spec in specs:
+        nbytes = int(np.prod(spec[1], dtype=np.int64)) * np.dtype(spec[2]).itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += nbytes
+    return [s for s in shards if s]
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' / '500MB' / '2GiB' / 1000 -> bytes (decimal units as transformers)."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper()
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+    for unit, factor in units.items():
+        if s.endswith(unit):
+            try:
+                value = float(s[: -len(unit)])
+            except ValueError:
+                break
+            if value > 0:
+                return int(value * factor)
+    if s.isdigit() and int(s) > 0:
+        return int(s)
+    raise SolarError(f"bad size {text!r}; use e.g. 5GB, 500MB or 2GiB")

@@ -1,0 +1,164 @@
+"""The solar-jax checkpoint: an orbax directory holding the params pytree, plus its config.
+
+    DST/solar_config.json   {"format": "solar-jax", "version": 1, "layout": "scanned",
+                             "num_layers": L, "config": {...ModelConfig...}}
+    DST/params/             orbax checkpoint of the params pytree (layers stacked on axis 0)
+    DST/tokenizer.json ...  tokenizer and generation config, copied from the source
+
+Params are written with orbax's partial save, one leaf per call, so a conversion holds one
+stacked leaf at a time; the finished directory is a normal orbax checkpoint that
+`orbax.checkpoint` restores whole or leaf by leaf. The layout is stored so that loading a
+checkpoint into a model of another layout fails with a message, not a shape error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from solar_jax.checkpoint import hf_names
+from solar_jax.checkpoint.sources import TOKENIZER_FILES, ParamSource
+from solar_jax.config import ModelConfig
+from solar_jax.errors import SolarError
+
+CONFIG_FILE = "solar_config.json"
+PARAMS_DIR = "params"
+FORMAT_VERSION = 1
+LAYOUT = "scanned"
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+    return ocp
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Orbax warns through absl and `warnings` about v0/v1 layout details we rely on."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        absl.setLevel(level)
+
+
+def is_solar_checkpoint(path: Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def write_config(dst: Path, config: ModelConfig) -> None:
+    meta = {"format": "solar-jax", "version": FORMAT_VERSION, "layout": LAYOUT,
+            "num_layers": config.num_layers, "config": config.to_dict()}
+    (dst / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+class LeafWriter:
+    """Adds leaves to an orbax checkpoint at dst/params one at a time."""
+
+    def __init__(self, dst: Path):
+        from orbax.checkpoint.experimental.v1 import partial
+        self._partial = partial
+        self._path = Path(dst) / PARAMS_DIR
+        self._written = 0
+
+    def add(self, path: tuple[str, ...], array: np.ndarray) -> None:
+        tree: dict = {}
+        hf_names.set_leaf(tree, path, np.asarray(array))
+        with _quiet():
+            self._partial.save(self._path, tree)
+        self._written += 1
+
+    def finish(self) -> None:
+        if not self._written:
+            raise SolarError("internal: no parameters were written")
+        with _quiet():
+            self._partial.finalize(self._path)
+
+
+class SolarSource(ParamSource):
+    def __init__(self, path: Path):
+        self.location = Path(path)
+        try:
+            meta = json.loads((self.location / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise SolarError(f"{self.location / CONFIG_FILE} is not valid JSON: {e}") from None
+        if meta.get("format") != "solar-jax":
+            raise SolarError(f"{self.location} is not a solar-jax checkpoint")
+        if meta.get("version", 0) > FORMAT_VERSION:
+            raise SolarError(f"{self.location} was written by a newer solar-jax "
+                             f"(format {meta.get('version')}); upgrade solar-jax")
+        if meta.get("layout") != LAYOUT:
+            raise SolarError(f"{self.location} stores layers in layout {meta.get('layout')!r}; "
+                             f"this solar-jax reads {LAYOUT!r} (stacked) checkpoints only")
+        self.config = ModelConfig.from_dict(meta["config"])
+        self._params = self.location / PARAMS_DIR / "state"
+        if not self._params.is_dir():
+            raise SolarError(f"{self.location} has no finished {PARAMS_DIR}/ checkpoint")
+        self._specs = self._read_specs()
+        self._check_shapes()
+
+    def _read_specs(self) -> dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]:
+        ocp = _ocp()
+        try:
+            with _quiet():
+                tree = ocp.PyTreeCheckpointer().metadata(self._params).item_metadata.tree
+        except Exception as e:  # orbax raises many types for a damaged directory
+            raise SolarError(f"cannot read {self._params}: {str(e).splitlines()[0]}") from None
+        specs = {}
+
+        def visit(node, prefix):
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    visit(value, (*prefix, key))
+            else:
+                specs[prefix] = (tuple(node.shape), np.dtype(node.dtype))
+        visit(tree, ())
+        return specs
+
+    def _check_shapes(self) -> None:
+        from solar_jax.model.transformer import abstract_params
+
+        abstract = abstract_params(self.config)
+        for rule in hf_names.rules_for(self.config):
+            want = tuple(hf_names.get_leaf(abstract, rule.path).shape)
+            if rule.path not in self._specs:
+                raise SolarError(f"{self.location}: parameter {hf_names.leaf_name(rule.path)} is missing")
+            got = self._specs[rule.path][0]
+            if got != want:
+                hint = (" (an unstacked checkpoint? solar-jax stacks layers on axis 0)"
+                        if rule.stacked and len(got) == len(want) - 1 else "")
+                raise SolarError(f"{self.location}: parameter {hf_names.leaf_name(rule.path)} has "
+                                 f"shape {list(got)}, expected {list(want)}{hint}")
+
+    def leaf_spec(self, path):
+        return self._specs[tuple(path)]
+
+    def read_leaf(self, path, layers=None):
+        ocp = _ocp()
+        item: dict = {}
+        args: dict = {}
+        hf_names.set_leaf(item, path, 0)
+        hf_names.set_leaf(args, path, ocp.RestoreArgs(restore_type=np.ndarray))
+        with _quiet():
+            tree = ocp.PyTreeCheckpointer().restore(
+                self._params, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
+                                                          partial_restore=True))
+        array = np.asarray(hf_names.get_leaf(tree, path))
+        if layers is not None:
+            array = array[np.asarray(layers)]
+        return array
+
+    def copy_extras(self, dst: Path) -> None:
+        import shutil
+        for name in (*TOKENIZER_FILES, "generation_config.json"):
+            if (self.location / name).is_file():
+                shutil.copy2(self.location / name, dst / name)

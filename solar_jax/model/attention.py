@@ -1,0 +1,136 @@
+"""The one attention entry point, with implementations chosen by name.
+
+`attention(q, k, v, segment_ids, positions, causal=..., sliding_window=..., impl=...)`:
+q is [batch, q_len, heads, head_dim], k and v are [batch, kv_len, kv_heads, head_dim].
+Masking is defined once, here, for every implementation:
+
+* a query sees a key only when both carry the same segment id (packed documents never
+  attend to each other; id 0 is padding by convention, and padding only sees padding);
+* causal: key position <= query position;
+* sliding window W (Mistral): query position - key position < W, as transformers does.
+
+Positions default to 0..len-1. Keys take `kv_positions`/`kv_segment_ids` when given (a KV
+cache), else the query's own, so plain self-attention needs neither.
+
+Kernels register themselves with `register_attention(name, fn)`; "auto" picks the best one
+registered for the current backend and falls back to the XLA reference.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+
+from solar_jax.errors import SolarError
+
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class AttentionFn(Protocol):
+    def __call__(self, q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                 causal: bool, sliding_window: int | None, scale: float) -> jax.Array: ...
+
+
+_IMPLS: dict[str, AttentionFn] = {}
+# For "auto": backend platform -> preference order of implementation names.
+_AUTO_ORDER: dict[str, list[str]] = {"cpu": ["xla"], "gpu": ["xla"], "tpu": ["xla"]}
+
+
+def register_attention(name: str, fn: AttentionFn, *, auto_for: tuple[str, ...] = ()) -> None:
+    """Add an implementation; `auto_for` lists backends where it should be preferred."""
+    _IMPLS[name] = fn
+    for platform in auto_for:
+        order = _AUTO_ORDER.setdefault(platform, ["xla"])
+        if name not in order:
+            order.insert(0, name)
+
+
+def available_attention_impls() -> list[str]:
+    return ["auto", *sorted(_IMPLS)]
+
+
+def resolve_impl(impl: str) -> str:
+    if impl == "auto":
+        platform = jax.default_backend()
+        return next(n for n in _AUTO_ORDER.get(platform, ["xla"]) if n in _IMPLS)
+    if impl not in _IMPLS:
+        raise SolarError(f"unknown attention implementation {impl!r}; "
+                         f"available: {', '.join(available_attention_impls())}")
+    return impl
+
+
+def attention(q, k, v, segment_ids=None, positions=None, *, causal: bool = True,
+              sliding_window: int | None = None, impl: str = "auto",
+              kv_segment_ids=None, kv_positions=None, scale: float | None = None) -> jax.Array:
+    """Multi-head attention with GQA/MQA; returns [batch, q_len, heads, head_dim]."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise SolarError("attention expects q, k, v of shape [batch, seq, heads, head_dim]")
+    b, q_len, heads, head_dim = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    if heads % kv_heads:
+        raise SolarError(f"query heads ({heads}) must be a multiple of kv heads ({kv_heads})")
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != head_dim:
+        raise SolarError(f"k {k.shape} and v {v.shape} do not match q {q.shape}")
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(q_len, dtype=jnp.int32), (b, q_len))
+    if kv_positions is None:
+        kv_positions = positions if kv_len == q_len else jnp.broadcast_to(
+            jnp.arange(kv_len, dtype=jnp.int32), (b, kv_len))
+    if kv_segment_ids is None and segment_ids is not None and kv_len == q_len:
+        kv_segment_ids = segment_ids
+    fn = _IMPLS[resolve_impl(impl)]
+    return fn(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+              q_positions=positions, kv_positions=kv_positions, causal=causal,
+              sliding_window=sliding_window,
+              scale=float(scale) if scale is not None else head_dim ** -0.5)
+
+
+def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, *,
+                   causal: bool, sliding_window: int | None):
+    """Boolean [batch, q_len, kv_len] mask: True where a query may see a key."""
+    qp = q_positions[:, :, None]
+    kp = kv_positions[:, None, :]
+    mask = jnp.ones(jnp.broadcast_shapes(qp.shape, kp.shape), dtype=bool)
+    if q_segment_ids is not None:
+        mask &= q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    if causal:
+        mask &= kp <= qp
+    if sliding_window is not None:
+        mask &= (qp - kp) < sliding_window
+    return mask
+
+
+def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                  causal, sliding_window, scale):
+    """Reference: materializes [q_len, kv_len] scores, softmax in fp32. GQA by reshaping
+    the query heads into (kv_heads, group), so K/V are never repeated in memory."""
+    b, q_len, heads, d = q.shape
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    qg = q.reshape(b, q_len, kv_heads, group, d)
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * scale
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                          causal=causal, sliding_window=sliding_window)
+    scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, q_len, heads, d).astype(q.dtype)
+
+
+def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                    causal, sliding_window, scale):
+    """cuDNN fused attention through jax.nn.dot_product_attention (NVIDIA GPUs only)."""
+    if jax.default_backend() != "gpu":
+        raise SolarError("attention impl 'cudnn' needs an NVIDIA GPU; use 'xla' here")
+    if q_segment_ids is not None:
+        raise SolarError("attention impl 'cudnn' does not take segment_ids; use 'xla' or 'pallas'")
+    window = (sliding_window - 1, 0) if sliding_window is not None else None
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
+                                        local_window_size=window, implementation="cudnn")
+
+
+register_attention("xla", xla_attention)
+register_attention("cudnn", cudnn_attention)

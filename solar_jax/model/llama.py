@@ -1,0 +1,120 @@
+"""The Llama/Mistral decoder: a block, its stack (params stacked on axis 0, applied with a
+scan), and the causal LM around it.
+
+Parameter tree (the `params` pytree every part of solar-jax shares):
+
+    embed/embedding            [vocab, embed]
+    layers/attn_norm/scale     [L, embed]
+    layers/attn/{q,k,v}_proj/kernel   [L, embed, heads|kv_heads, head_dim]
+    layers/attn/o_proj/kernel  [L, heads, head_dim, embed]
+    layers/mlp_norm/scale      [L, embed]
+    layers/mlp/{gate,up}_proj/kernel  [L, embed, mlp]
+    layers/mlp/down_proj/kernel       [L, mlp, embed]
+    final_norm/scale           [embed]
+    lm_head/kernel             [embed, vocab]   (absent when embeddings are tied)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from solar_jax.config import ModelConfig
+from solar_jax.model.attention import attention
+from solar_jax.model.layers import MLP, Embedding, Projection, RMSNorm
+from solar_jax.model.rotary import apply_rotary, rotary_tables
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        h, d = config.hidden_size, config.head_dim
+        self.config = config
+        self.q_proj = Projection((h,), (config.num_heads, d), ("embed", "heads", "head_dim"),
+                                 config, rngs=rngs)
+        self.k_proj = Projection((h,), (config.num_kv_heads, d),
+                                 ("embed", "kv_heads", "head_dim"), config, rngs=rngs)
+        self.v_proj = Projection((h,), (config.num_kv_heads, d),
+                                 ("embed", "kv_heads", "head_dim"), config, rngs=rngs)
+        self.o_proj = Projection((config.num_heads, d), (h,), ("heads", "head_dim", "embed"),
+                                 config, rngs=rngs)
+
+    def __call__(self, x, cos, sin, segment_ids, positions):
+        q = apply_rotary(self.q_proj(x), cos, sin)
+        k = apply_rotary(self.k_proj(x), cos, sin)
+        v = self.v_proj(x)
+        q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
+        out = attention(q, k, v, segment_ids, positions, causal=True,
+                        sliding_window=self.config.sliding_window,
+                        impl=self.config.attention_impl)
+        return self.o_proj(out)
+
+
+class DecoderBlock(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(config, rngs=rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp_norm = RMSNorm(config, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, cos, sin, segment_ids, positions):
+        x = x + self.attn(self.attn_norm(x), cos, sin, segment_ids, positions)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "save_qkv": jax.checkpoint_policies.save_only_these_names("qkv"),
+}
+
+
+class CausalLM(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed = Embedding(config, rngs=rngs)
+
+        @nnx.split_rngs(splits=config.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_stack(rngs: nnx.Rngs):
+            return DecoderBlock(config, rngs=rngs)
+
+        self.layers = make_stack(rngs)
+        self.final_norm = RMSNorm(config, rngs=rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = Projection((config.hidden_size,), (config.vocab_size,),
+                                      ("embed", "vocab"), config, rngs=rngs)
+
+    def hidden_states(self, input_ids, segment_ids=None, positions=None, *,
+                      collect: bool = False):
+        """Final normed hidden states [B, S, H]; with collect=True also the input of every
+        layer plus the last layer's output, [L + 1, B, S, H] (for layer diagnostics)."""
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32),
+                                         input_ids.shape)
+        cos, sin = rotary_tables(positions, self.config)
+        x = self.embed(input_ids)
+
+        def step(block: DecoderBlock, h):
+            out = block(h, cos, sin, segment_ids, positions)
+            return out, (h if collect else None)
+
+        if self.config.remat != "none":
+            step = nnx.remat(step, policy=REMAT_POLICIES[self.config.remat],
+                             prevent_cse=False)
+        scan = nnx.scan(step, in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))
+        x, inputs = scan(self.layers, x)
+        normed = self.final_norm(x)
+        if collect:
+            return normed, jnp.concatenate([inputs, x[None]], axis=0)
+        return normed
+
+    def logits(self, hidden):
+        if self.config.tie_word_embeddings:
+            return self.embed.attend(hidden)
+        kernel = self.lm_head.kernel[...].astype(hidden.dtype)
+        return jnp.einsum("bsh,hv->bsv", hidden, kernel, preferred_element_type=jnp.float32)
+
+    def __call__(self, input_ids, segment_ids=None, positions=None):
+        return self.logits(self.hidden_states(input_ids, segment_ids, positions))

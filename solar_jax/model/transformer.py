@@ -1,0 +1,97 @@
+"""`Model`: a config plus the plain params pytree, callable for logits.
+
+The NNX module tree is only a shape: we split it once into a graphdef and rebuild it
+inside jit from whatever params pytree is passed, so callers (convert, DUS, merge, train)
+work with plain nested dicts of arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from solar_jax.config import ModelConfig
+from solar_jax.model.llama import CausalLM
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract(config: ModelConfig):
+    abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    return graphdef, state
+
+
+def abstract_params(config: ModelConfig) -> dict:
+    """The params tree as jax.ShapeDtypeStruct leaves (no memory allocated)."""
+    _, state = _abstract(config)
+    return nnx.to_pure_dict(state)
+
+
+def logical_axes(config: ModelConfig) -> dict:
+    """The params tree with each leaf replaced by its tuple of logical axis names."""
+    _, state = _abstract(config)
+
+    def axes(path, variable):
+        names = tuple(variable.get_metadata().get("logical_axes", ()))
+        if path and path[0] == "layers":
+            names = ("layers", *names)
+        return names
+
+    flat = nnx.to_flat_state(state)
+    out: dict = {}
+    for path, variable in flat:
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = axes(path, variable)
+    return out
+
+
+def init_params(config: ModelConfig, seed: int = 0) -> dict:
+    """Randomly initialized params (normal(initializer_range) kernels, unit norms)."""
+    @jax.jit
+    def make():
+        return nnx.to_pure_dict(nnx.state(CausalLM(config, rngs=nnx.Rngs(seed))))
+    return make()
+
+
+def bind(config: ModelConfig, params: dict) -> CausalLM:
+    """The NNX module with `params` as its variables (works on tracers inside jit)."""
+    graphdef, state = _abstract(config)
+    state = jax.tree.map(lambda x: x, state)  # a fresh State to fill in
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def forward(config: ModelConfig, params: dict, input_ids, segment_ids=None, positions=None):
+    """Logits [batch, seq, vocab] in fp32."""
+    return bind(config, params)(input_ids, segment_ids, positions)
+
+
+class Model:
+    """A loaded model: `.config`, `.params` (plain pytree), and `model(input_ids)` -> logits."""
+
+    def __init__(self, config: ModelConfig, params: dict, tokenizer=None):
+        self.config = config
+        self.params = params
+        self.tokenizer = tokenizer
+        self.source = None  # where it was loaded from (tokenizer files are copied from there)
+        self._forward = jax.jit(functools.partial(forward, config))
+
+    def __call__(self, input_ids, segment_ids=None, positions=None):
+        input_ids = jnp.asarray(input_ids, dtype=jnp.int32)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        if segment_ids is not None:
+            segment_ids = jnp.asarray(segment_ids, dtype=jnp.int32).reshape(input_ids.shape)
+        if positions is not None:
+            positions = jnp.asarray(positions, dtype=jnp.int32).reshape(input_ids.shape)
+        return self._forward(self.params, input_ids, segment_ids, positions)
+
+    def __repr__(self):
+        c = self.config
+        return (f"Model({c.model_type}, layers={c.num_layers}, hidden={c.hidden_size}, "
+                f"heads={c.num_heads}/{c.num_kv_heads}, params={c.num_params / 1e6:.1f}M)")

@@ -1,0 +1,40 @@
+"""Tokenizers from a model's own files, with no remote code and no torch.
+
+`transformers.AutoTokenizer` imports torch; `PreTrainedTokenizerFast` reads the same
+tokenizer.json / tokenizer_config.json (chat template included) without it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from solar_jax.errors import SolarError
+
+
+def load_tokenizer(path: str | Path):
+    """The HF fast tokenizer stored with a model (HF folder, solar-jax checkpoint, or GGUF)."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        from solar_jax.checkpoint.gguf_source import GGUFSource
+        with tempfile.TemporaryDirectory() as tmp:
+            GGUFSource(path).copy_extras(Path(tmp))
+            return PreTrainedTokenizerFast.from_pretrained(tmp)
+    if not (path / "tokenizer.json").is_file():
+        raise SolarError(f"no tokenizer.json in {path}; pass a tokenizer folder explicitly")
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+def chat_prompt(tokenizer, user: str, system: str | None = None) -> list[int]:
+    """Token ids of a one-turn chat ready for the assistant's answer (the model's template)."""
+    messages = ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": "user", "content": user}]
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+    text = (f"### System:\n{system}\n\n" if system else "") + f"### User:\n{user}\n\n### Assistant:\n"
+    return tokenizer.encode(text)

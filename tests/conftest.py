@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random Hugging Face models written to disk (torch is the oracle)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
+
+
+def make_hf_model(path: Path, model_type: str = "llama", seed: int = 0, dtype=None,
+                  max_shard_size: str | None = None, **overrides):
+    """Save a random LlamaForCausalLM/MistralForCausalLM to `path`; returns the torch model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    kwargs = {**TINY, **overrides}
+    if model_type == "mistral":
+        config = MistralConfig(**kwargs)
+        model = MistralForCausalLM(config)
+    else:
+        config = LlamaConfig(**kwargs)
+        model = LlamaForCausalLM(config)
+    with torch.no_grad():  # non-trivial norms so a swapped norm would show
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.eval()
+    save_kwargs = {"safe_serialization": True}
+    if max_shard_size:
+        save_kwargs["max_shard_size"] = max_shard_size
+    model.save_pretrained(str(path), **save_kwargs)
+    return model
+
+
+def torch_logits(model, ids: np.ndarray) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        return model(torch.as_tensor(ids, dtype=torch.long)).logits.float().numpy()
+
+
+@pytest.fixture
+def tiny_hf(tmp_path):
+    model = make_hf_model(tmp_path / "hf")
+    return tmp_path / "hf", model
