@@ -106,7 +106,7 @@ def write_safetensors(path: str | Path, specs: list[tuple[str, tuple[int, ...], 
             if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
                 raise SolarError(f"internal: tensor {name} is {array.dtype}{array.shape}, "
                                  f"expected {np.dtype(dtype)}{tuple(shape)}")
-            f.write(array.data if array.dtype.byteorder != ">" else array.byteswap().data)
+            f.write(array.reshape(-1).view(np.uint8).data)
             del array
         f.flush()
         os.fsync(f.fileno())
