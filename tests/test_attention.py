@@ -1,0 +1,89 @@
+"""The attention entry point against a direct numpy computation of the same definition."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import solar_jax
+from solar_jax.errors import SolarError
+
+
+def numpy_attention(q, k, v, seg=None, pos=None, causal=True, window=None):
+    b, s, h, d = q.shape
+    kvh = k.shape[2]
+    pos = np.broadcast_to(np.arange(s), (b, s)) if pos is None else pos
+    out = np.zeros_like(q, dtype=np.float64)
+    for bi in range(b):
+        for hi in range(h):
+            kv = hi // (h // kvh)
+            scores = q[bi, :, hi] @ k[bi, :, kv].T / np.sqrt(d)
+            allowed = np.ones((s, s), bool)
+            if seg is not None:
+                allowed &= seg[bi][:, None] == seg[bi][None, :]
+            if causal:
+                allowed &= pos[bi][None, :] <= pos[bi][:, None]
+            if window is not None:
+                allowed &= (pos[bi][:, None] - pos[bi][None, :]) < window
+            scores = np.where(allowed, scores, -np.inf)
+            p = np.exp(scores - scores.max(-1, keepdims=True))
+            out[bi, :, hi] = (p / p.sum(-1, keepdims=True)) @ v[bi, :, kv]
+    return out
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2), (4, 1), (8, 2)])
+@pytest.mark.parametrize("causal, window, packed", [(True, None, False), (False, None, False),
+                                                    (True, 5, False), (True, None, True),
+                                                    (True, 4, True)])
+def test_xla_matches_numpy(heads, kv_heads, causal, window, packed):
+    rng = np.random.default_rng(heads * 10 + kv_heads)
+    b, s, d = 2, 19, 16
+    q = rng.standard_normal((b, s, heads, d)).astype(np.float32)
+    k = rng.standard_normal((b, s, kv_heads, d)).astype(np.float32)
+    v = rng.standard_normal((b, s, kv_heads, d)).astype(np.float32)
+    seg = pos = None
+    if packed:
+        seg = np.array([[1] * 7 + [2] * 12, [1] * 19])
+        pos = np.array([list(range(7)) + list(range(12)), list(range(19))])
+    out = solar_jax.attention(q, k, v, seg, pos, causal=causal, sliding_window=window, impl="xla")
+    np.testing.assert_allclose(out, numpy_attention(q, k, v, seg, pos, causal, window),
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_auto_resolves_and_unknown_impl_is_named():
+    q = jnp.ones((1, 4, 2, 8))
+    assert solar_jax.attention(q, q, q).shape == (1, 4, 2, 8)
+    with pytest.raises(SolarError, match="unknown attention implementation 'flashy'"):
+        solar_jax.attention(q, q, q, impl="flashy")
+    assert "xla" in solar_jax.available_attention_impls()
+
+
+def test_bad_shapes():
+    q = jnp.ones((1, 4, 3, 8))
+    with pytest.raises(SolarError, match="multiple"):
+        solar_jax.attention(q, jnp.ones((1, 4, 2, 8)), jnp.ones((1, 4, 2, 8)))
+
+
+def test_cudnn_needs_gpu():
+    if jax.default_backend() == "gpu":
+        pytest.skip("has a GPU")
+    q = jnp.ones((1, 4, 2, 8))
+    with pytest.raises(SolarError, match="GPU"):
+        solar_jax.attention(q, q, q, impl="cudnn")
+
+
+def test_registered_impl_is_used_by_the_model():
+    calls = []
+
+    def spy(q, k, v, **kw):
+        calls.append(q.shape)
+        from solar_jax.model.attention import xla_attention
+        return xla_attention(q, k, v, **kw)
+
+    solar_jax.register_attention("spy", spy)
+    config = solar_jax.ModelConfig.from_preset("tiny-llama", attention_impl="spy")
+    params = solar_jax.init_params(config)
+    ids = np.arange(8)[None]
+    out = solar_jax.Model(config, params)(ids)
+    ref = solar_jax.Model(config.replace(attention_impl="xla"), params)(ids)
+    assert calls and np.allclose(out, ref)
