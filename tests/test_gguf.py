@@ -331,3 +331,9 @@ def test_corrupt_file(tmp_path, damage):
     with pytest.raises(SolarError) as err:
         open_source(path)
     assert "\n" not in str(err.value)
+
+
+def test_import_does_not_pull_in_torch():
+    code = "import solar_jax.checkpoint.gguf_source, sys; assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

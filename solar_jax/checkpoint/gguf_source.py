@@ -30,6 +30,7 @@ LAYER_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
                "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
 LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_REQUIRED = object()
 
 
 class GGUFSource(NamedTensorSource):
@@ -44,7 +45,11 @@ class GGUFSource(NamedTensorSource):
             self._reader = gguf.GGUFReader(path, "r")
         except Exception as e:  # gguf-py raises assorted errors on bad bytes; all mean "not a GGUF"
             raise SolarError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e})") from None
-        self._meta = {name: field for name, field in self._reader.fields.items()}
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in self._reader.tensors), default=0)
+        if end > path.stat().st_size:
+            raise SolarError(f"GGUF file {path} is truncated: tensor data runs to byte {end}, "
+                             f"the file has {path.stat().st_size}")
+        self._meta = self._reader.fields
         arch = self._value("general.architecture", None)
         if arch not in SUPPORTED_ARCHITECTURES:
             raise SolarError(f"GGUF file {path} has architecture {arch!r}; only "
@@ -53,10 +58,13 @@ class GGUFSource(NamedTensorSource):
         self._tensors = {}
         for tensor in self._reader.tensors:
             hf_name = _hf_name(tensor.name)
+            if tensor.name == "rope_freqs.weight":
+                raise SolarError(f"GGUF file {path} stores per-frequency rope factors "
+                                 f"(rope_freqs.weight, Llama 3.1 style); these are not supported")
             if hf_name is None:
-                # Biases, llama3 `rope_freqs`, MoE experts... would be silently dropped otherwise.
+                # Biases, MoE experts, ... would otherwise be silently dropped.
                 raise SolarError(f"GGUF file {path} has tensor {tensor.name!r}, which a plain "
-                                 f"Llama/Mistral without biases, experts or rope_freqs lacks")
+                                 f"Llama/Mistral (no biases, no experts) does not have")
             if not _decodable(gguf, tensor.tensor_type):
                 raise SolarError(f"GGUF file {path}: tensor {tensor.name} has type "
                                  f"{tensor.tensor_type.name}, which gguf-py cannot dequantize")
@@ -66,10 +74,10 @@ class GGUFSource(NamedTensorSource):
 
     # ---- metadata -------------------------------------------------------------------
 
-    def _value(self, key: str, default=SolarError):
+    def _value(self, key: str, default=_REQUIRED):
         field = self._meta.get(key)
         if field is None:
-            if default is SolarError:
+            if default is _REQUIRED:
                 raise SolarError(f"GGUF file {self.location} lacks metadata key {key!r}")
             return default
         return field.contents()
@@ -152,7 +160,12 @@ class GGUFSource(NamedTensorSource):
             # Copy out of the memory map in the stored dtype: no widening, file can close.
             data = np.array(tensor.data).view(self.tensor_dtype(name)).reshape(shape)
         else:
-            data = self._gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            # A plain ndarray view: gguf-py slices per block, and memmap slices are slow.
+            try:
+                data = self._gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
+            except NotImplementedError:
+                raise SolarError(f"GGUF file {self.location}: gguf-py cannot dequantize "
+                                 f"{tensor.tensor_type.name} (tensor {tensor.name})") from None
             data = np.asarray(data, np.float32).reshape(shape)
         if name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = self.config.num_heads if "q_proj" in name else self.config.num_kv_heads
@@ -164,10 +177,10 @@ class GGUFSource(NamedTensorSource):
     def copy_extras(self, dst: Path) -> None:
         dst = Path(dst)
         dst.mkdir(parents=True, exist_ok=True)
-        self._export_tokenizer(dst)
         ids = {k: getattr(self.config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         (dst / "generation_config.json").write_text(
             json.dumps({k: v for k, v in ids.items() if v is not None}, indent=2) + "\n")
+        self._export_tokenizer(dst)
 
     def _export_tokenizer(self, dst: Path) -> None:
         # AutoTokenizer(gguf_file=...) goes through transformers' GGUF reader, which imports
