@@ -99,10 +99,16 @@ class SolarSource(ParamSource):
         if meta.get("layout") != LAYOUT:
             raise SolarError(f"{self.location} stores layers in layout {meta.get('layout')!r}; "
                              f"this solar-jax reads {LAYOUT!r} (stacked) checkpoints only")
-        self.config = ModelConfig.from_dict(meta["config"])
-        self._params = self.location / PARAMS_DIR / "state"
+        self._setup(ModelConfig.from_dict(meta["config"]), self.location / PARAMS_DIR / "state",
+                    ())
+        self._extras_dir = self.location
+
+    def _setup(self, config: ModelConfig, params_dir: Path, prefix: tuple[str, ...]) -> None:
+        self.config = config
+        self._params = params_dir
+        self._prefix = prefix  # where the params tree sits inside the orbax tree
         if not self._params.is_dir():
-            raise SolarError(f"{self.location} has no finished {PARAMS_DIR}/ checkpoint")
+            raise SolarError(f"{self.location} has no finished parameter checkpoint")
         self._specs = self._read_specs()
         self._check_shapes()
 
@@ -121,6 +127,8 @@ class SolarSource(ParamSource):
                     visit(value, (*prefix, key))
             else:
                 specs[prefix] = (tuple(node.shape), np.dtype(node.dtype))
+        for key in self._prefix:
+            tree = tree.get(key, {}) if isinstance(tree, dict) else {}
         visit(tree, ())
         return specs
 
@@ -146,19 +154,59 @@ class SolarSource(ParamSource):
         ocp = _ocp()
         item: dict = {}
         args: dict = {}
-        hf_names.set_leaf(item, path, 0)
-        hf_names.set_leaf(args, path, ocp.RestoreArgs(restore_type=np.ndarray))
+        full = (*self._prefix, *path)
+        hf_names.set_leaf(item, full, 0)
+        hf_names.set_leaf(args, full, ocp.RestoreArgs(restore_type=np.ndarray))
         with _quiet():
             tree = ocp.PyTreeCheckpointer().restore(
                 self._params, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
                                                           partial_restore=True))
-        array = np.asarray(hf_names.get_leaf(tree, path))
+        array = np.asarray(hf_names.get_leaf(tree, full))
         if layers is not None:
             array = array[np.asarray(layers)]
         return array
 
     def copy_extras(self, dst: Path) -> None:
         import shutil
+        if self._extras_dir is None:
+            return
+        if self._extras_dir.is_file():  # a GGUF the run started from
+            from solar_jax.checkpoint.gguf_source import GGUFSource
+            GGUFSource(self._extras_dir).copy_extras(dst)
+            return
         for name in (*TOKENIZER_FILES, "generation_config.json"):
-            if (self.location / name).is_file():
-                shutil.copy2(self.location / name, dst / name)
+            if (self._extras_dir / name).is_file():
+                shutil.copy2(self._extras_dir / name, dst / name)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / "checkpoints").is_dir() and not is_solar_checkpoint(path)
+
+
+class RunSource(SolarSource):
+    """The params of a training run's latest checkpoint (run_dir/checkpoints/<step>), so a
+    run directory can be loaded, converted, merged or trained further like a checkpoint."""
+
+    def __init__(self, path: Path):
+        self.location = Path(path)
+        steps = sorted(int(p.name) for p in (self.location / "checkpoints").iterdir()
+                       if p.name.isdigit() and (p / "run").is_dir())
+        if not steps:
+            raise SolarError(f"run directory {self.location} has no finished checkpoint")
+        self.step = steps[-1]
+        ckpt = self.location / "checkpoints" / str(self.step)
+        run = _read_run_record(ckpt / "run")
+        self._setup(ModelConfig.from_dict(run["model_config"]), ckpt / "state", ("params",))
+        cfg = run.get("config", {})
+        where = cfg.get("tokenizer") or cfg.get("model")
+        self._extras_dir = Path(where) if where and Path(where).exists() else None
+
+
+def _read_run_record(directory: Path) -> dict:
+    for candidate in (directory / "metadata", *sorted(directory.glob("*"))):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+    raise SolarError(f"{directory} holds no readable run record")

@@ -182,7 +182,8 @@ def _expected_layer_shapes(config: ModelConfig) -> dict[LeafPath, tuple[int, ...
 
 
 def open_source(path: str | Path) -> ParamSource:
-    """A solar-jax checkpoint dir, a Hugging Face folder, or a .gguf file."""
+    """A solar-jax checkpoint dir, a training run dir (its latest checkpoint), a Hugging
+    Face folder, or a .gguf file."""
     path = Path(path)
     if not path.exists():
         raise SolarError(f"source {path} does not exist")
@@ -196,7 +197,10 @@ def open_source(path: str | Path) -> ParamSource:
             raise SolarError(f"{path} is a bare safetensors file; pass the folder holding it "
                              f"and its config.json")
         raise SolarError(f"unrecognised source file {path} (expected a .gguf file or a folder)")
-    from solar_jax.checkpoint.solar_format import SolarSource, is_solar_checkpoint
+    from solar_jax.checkpoint.solar_format import (RunSource, SolarSource, is_run_dir,
+                                                   is_solar_checkpoint)
     if is_solar_checkpoint(path):
         return SolarSource(path)
+    if is_run_dir(path):
+        return RunSource(path)
     return HFSource(path)
