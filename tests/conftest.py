@@ -59,3 +59,34 @@ def torch_logits(model, ids: np.ndarray) -> np.ndarray:
 def tiny_hf(tmp_path):
     model = make_hf_model(tmp_path / "hf")
     return tmp_path / "hf", model
+
+
+def write_byte_tokenizer(path: Path) -> Path:
+    """A byte-level BPE tokenizer with no merges (256 byte tokens + <s>, </s>), saved as an
+    HF tokenizer folder: small enough for tiny models, real enough for the data pipeline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<s>"], vocab["</s>"] = len(vocab), len(vocab) + 1
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer(tmp_path_factory):
+    return write_byte_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def shakespeare_slice(tmp_path_factory):
+    """The first ~40 kB of tinyshakespeare (blank-line separated speeches)."""
+    text = (DATA / "tinyshakespeare.txt").read_text()[:40_000]
+    path = tmp_path_factory.mktemp("data") / "shakespeare.txt"
+    path.write_text(text)
+    return path

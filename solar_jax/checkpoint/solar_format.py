@@ -71,9 +71,17 @@ class LeafWriter:
         self._written = 0
 
     def add(self, path: tuple[str, ...], array: np.ndarray) -> None:
+        from orbax.checkpoint.experimental import v1 as ocp1
+
         tree: dict = {}
         hf_names.set_leaf(tree, path, np.asarray(array))
-        with _quiet():
+        # The save is synchronous and nobody mutates the array meanwhile, so orbax's defensive
+        # host copy is pure overhead; zstd over one leaf-sized chunk costs ~0.8x the leaf in
+        # scratch memory and 3x the time (benchmarks/RESULTS.md, convert_memory).
+        context = ocp1.Context()
+        context.memory.deepcopy_host_arrays = False
+        context.array.saving.use_compression = False
+        with context, _quiet():
             self._partial.save(self._path, tree)
         self._written += 1
 
@@ -86,7 +94,7 @@ class LeafWriter:
 
 class SolarSource(ParamSource):
     def __init__(self, path: Path):
-        self.location = Path(path)
+        self.location = Path(path).absolute()
         try:
             meta = json.loads((self.location / CONFIG_FILE).read_text())
         except json.JSONDecodeError as e:
@@ -188,7 +196,7 @@ class RunSource(SolarSource):
     run directory can be loaded, converted, merged or trained further like a checkpoint."""
 
     def __init__(self, path: Path):
-        self.location = Path(path)
+        self.location = Path(path).absolute()
         steps = sorted(int(p.name) for p in (self.location / "checkpoints").iterdir()
                        if p.name.isdigit() and (p / "run").is_dir())
         if not steps:

@@ -1,0 +1,87 @@
+"""DataConfig: the `data.*` keys of a run config.
+
+Values are checked when the config is built, so a typo in a YAML file or a `data.x=y`
+override fails before any file is read or any device is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from solar_jax.errors import SolarError
+
+FORMATS = ("text", "jsonl", "parquet")
+TEXT_SPLITS = ("paragraph", "line", "file")
+PACKINGS = ("greedy", "concat")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the corpus is and how it becomes packed rows.
+
+    path:       a file, a directory (its files, sorted), or a glob (`**` allowed); or a list
+                of these. Files ending in `.gz` are read through gzip (text and jsonl).
+    format:     "text" (plain UTF-8), "jsonl" (one JSON object per line) or "parquet".
+    field:      the text field of a jsonl record / the text column of a parquet file.
+    text_split: how a plain text file becomes documents: "paragraph" (blank-line separated;
+                suits tinyshakespeare), "line" (one per non-empty line) or "file" (whole file).
+    add_bos / add_eos: wrap each document in the tokenizer's BOS / EOS token (a tokenizer
+                without one simply skips it).
+    shuffle:    shuffle which documents share a row, and the row order (reshuffled every
+                epoch); False keeps corpus order, which is handy for debugging.
+    packing:    "greedy": whole documents fill a row while they fit, then the row is padded;
+                a document longer than seq_len is cut into seq_len chunks, its tail packed
+                like any document. "concat": rows are filled to the last token and
+                documents are cut at row boundaries (no padding, more cut documents).
+    cache_dir:  if set, the token stream is saved there (keyed by a hash of the files' paths,
+                sizes and mtimes, these options and the tokenizer) and memory-mapped on the
+                next run, so restarts and processes on one host skip tokenization.
+    """
+
+    path: str | list[str] = ""
+    format: str = "text"
+    field: str = "text"
+    text_split: str = "paragraph"
+    add_bos: bool = True
+    add_eos: bool = True
+    shuffle: bool = True
+    packing: str = "greedy"
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.path, tuple):
+            object.__setattr__(self, "path", list(self.path))
+        if not isinstance(self.path, (str, list)) or (
+                isinstance(self.path, list) and not all(isinstance(p, str) for p in self.path)):
+            raise SolarError(f"data.path must be a string or a list of strings, got {self.path!r}")
+        for name, allowed in (("format", FORMATS), ("text_split", TEXT_SPLITS),
+                              ("packing", PACKINGS)):
+            if getattr(self, name) not in allowed:
+                raise SolarError(f"unknown data.{name} {getattr(self, name)!r}; "
+                                 f"use one of {', '.join(allowed)}")
+        if not isinstance(self.field, str) or not self.field:
+            raise SolarError(f"data.field must be a non-empty string, got {self.field!r}")
+        for name in ("add_bos", "add_eos", "shuffle"):
+            if not isinstance(getattr(self, name), bool):
+                raise SolarError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            raise SolarError(f"data.cache_dir must be a path or null, got {self.cache_dir!r}")
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> DataConfig:
+        """From the `data:` mapping of a YAML config; unknown keys are an error."""
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SolarError(f"unknown config key(s): {', '.join('data.' + k for k in unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

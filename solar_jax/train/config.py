@@ -1,0 +1,95 @@
+"""The run config of `solar-jax train CONFIG.yaml [key=value ...]`.
+
+Key names are the public interface scripts use: model, tokenizer, data.*, seq_len,
+batch_size (global, in sequences), steps, learning_rate, warmup_steps, seed, mesh,
+run_dir, checkpoint_every, log_every, and the optimizer/precision keys below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from solar_jax.config_io import apply_overrides, from_dict, load_yaml
+from solar_jax.data import DataConfig
+from solar_jax.errors import SolarError
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+    """jax.distributed.initialize arguments; all null = single process (or auto on TPU pods,
+    where JAX discovers the coordinator itself)."""
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: list[int] | None = None
+    auto: bool = False  # call jax.distributed.initialize() with no arguments (TPU/SLURM)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = "tiny-llama"  # a checkpoint path load_model accepts, or a preset name
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # preset fields
+    tokenizer: str | None = None  # defaults to the model's own tokenizer files
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    objective: Literal["lm"] = "lm"
+    seq_len: int = 256
+    batch_size: int = 8  # global, in sequences
+    grad_accum: int = 1  # micro-batches per step (batch_size must divide evenly)
+    steps: int = 100
+    learning_rate: float = 3e-4
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    min_lr_ratio: float = 0.1  # final lr = learning_rate * min_lr_ratio (cosine/linear)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables
+    z_loss: float = 0.0
+    loss_chunk: int = 512  # sequence positions per cross-entropy chunk
+    param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: Literal["none", "full", "save_dots", "save_qkv"] = "none"
+    attention_impl: str = "auto"
+    seed: int = 0
+    mesh: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
+    logical_axis_rules: dict[str, list[str]] | None = None  # overrides of sharding.DEFAULT_RULES
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    run_dir: str = "runs/default"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    async_checkpoint: bool = True
+    log_every: int = 10  # progress/TensorBoard cadence; metrics.jsonl gets every step
+    tensorboard: bool = True
+    progress: bool = True
+    peak_tflops: float | None = None  # per device, for MFU; default from the device kind
+
+    def validate(self) -> None:
+        positive = ("seq_len", "batch_size", "grad_accum", "steps", "checkpoint_every",
+                    "keep_checkpoints", "log_every", "loss_chunk")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise SolarError(f"config key {key} must be positive, got {getattr(self, key)}")
+        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
+            raise SolarError(f"config key warmup_steps must be in [0, steps], got {self.warmup_steps}")
+        if self.learning_rate <= 0:
+            raise SolarError(f"config key learning_rate must be positive, got {self.learning_rate}")
+        if self.batch_size % self.grad_accum:
+            raise SolarError(f"batch_size {self.batch_size} is not divisible by grad_accum "
+                             f"{self.grad_accum}")
+        for key in ("weight_decay", "grad_clip", "z_loss", "min_lr_ratio"):
+            if getattr(self, key) < 0:
+                raise SolarError(f"config key {key} must be >= 0")
+        if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
+            raise SolarError("config keys beta1 and beta2 must be in [0, 1)")
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    data = load_yaml(path) if path else {}
+    data = apply_overrides(data, list(overrides))
+    config = from_dict(TrainConfig, data)
+    config.validate()
+    return config

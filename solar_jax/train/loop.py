@@ -1,0 +1,161 @@
+"""`train(cfg)`: the loop behind `solar-jax train`, the same on one CPU, a GPU node or a
+TPU pod slice (every host runs it; each reads only its share of every global batch).
+
+Faults: SIGTERM/SIGINT (preemption) finish the current step, write a checkpoint of it and
+return normally (exit 0); a non-finite loss or gradient stops the run with an error and
+leaves the last good checkpoint as the latest; a restart on the same run_dir resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from solar_jax.errors import SolarError
+from solar_jax.sharding import make_mesh
+from solar_jax.train import state as state_lib
+from solar_jax.train.checkpoints import RunCheckpointer
+from solar_jax.train.config import TrainConfig
+from solar_jax.train.metrics import MetricsWriter, flops_per_token, peak_flops_per_device
+from solar_jax.train.optimizer import make_optimizer, make_schedule
+from solar_jax.train.step import BATCH_KEYS, compile_train_step, make_train_step
+
+
+def init_distributed(cfg: TrainConfig) -> None:
+    d = cfg.distributed
+    if d.auto:
+        jax.distributed.initialize()
+    elif d.num_processes and d.num_processes > 1:
+        if not d.coordinator_address or d.process_id is None:
+            raise SolarError("distributed.num_processes > 1 needs distributed.coordinator_address "
+                             "and distributed.process_id")
+        jax.distributed.initialize(d.coordinator_address, d.num_processes, d.process_id,
+                                   local_device_ids=d.local_device_ids)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checks it between steps."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def any_process(self) -> bool:
+        if jax.process_count() == 1:
+            return self.signal is not None
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.int32(self.signal is not None))
+        return bool(np.any(flags))
+
+
+def _load_tokenizer(cfg: TrainConfig, model_source: Path | None):
+    from solar_jax.tokenizer import load_tokenizer
+    where = cfg.tokenizer or (str(model_source) if model_source else None)
+    if where is None:
+        raise SolarError("no tokenizer: model is a preset, so set tokenizer: to a model folder, "
+                         "a solar-jax checkpoint or a .gguf file")
+    if not Path(where).exists():
+        raise SolarError(f"tokenizer {where} does not exist")
+    return load_tokenizer(where)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training; returns the last step's metrics."""
+    init_distributed(cfg)
+    mesh = make_mesh(cfg.mesh)
+    config, model_source = state_lib.model_config_for(cfg)
+    tokenizer = _load_tokenizer(cfg, model_source)
+    if len(tokenizer) > config.vocab_size:
+        raise SolarError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab is "
+                         f"{config.vocab_size}")
+    if cfg.batch_size % jax.process_count():
+        raise SolarError(f"batch_size {cfg.batch_size} is not divisible by the "
+                         f"{jax.process_count()} processes")
+    from solar_jax.data import build_pretrain_dataset
+    dataset = build_pretrain_dataset(cfg.data, tokenizer, seq_len=cfg.seq_len,
+                                     global_batch_size=cfg.batch_size, seed=cfg.seed,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpointer = RunCheckpointer(cfg.run_dir, keep=cfg.keep_checkpoints,
+                                   async_save=cfg.async_checkpoint)
+    optimizer, schedule = make_optimizer(cfg), make_schedule(cfg)
+    rules = state_lib.rules_for(cfg)
+    params = state_lib.create_params(config, model_source, mesh, rules, cfg.seed)
+    state = state_lib.create_state(params, optimizer, mesh)
+    shardings = state_lib.state_shardings(state)
+    run_record = {"config": dataclasses.asdict(cfg), "model_config": config.to_dict()}
+
+    start = 0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, data_state, _ = checkpointer.restore(latest, state)
+        start = dataset.restore(data_state)
+        if start != latest:
+            raise SolarError(f"checkpoint {latest} holds data position {start}; refusing to resume")
+        print(f"resumed from step {latest} in {cfg.run_dir}", flush=True)
+
+    step_fn = compile_train_step(
+        make_train_step(config, optimizer, schedule, grad_accum=cfg.grad_accum,
+                        chunk=cfg.loss_chunk, z_loss=cfg.z_loss),
+        shardings, state_lib.batch_sharding(mesh))
+    batch_sharding = state_lib.batch_sharding(mesh)
+    per_token = flops_per_token(config, cfg.seq_len)
+    peak = peak_flops_per_device(cfg.peak_tflops)
+    writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard, progress=cfg.progress,
+                           total_steps=cfg.steps, start_step=start,
+                           is_main=jax.process_index() == 0)
+    stop = _StopFlag()
+    record: dict = {}
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            local = dataset.batch(step)
+            batch = state_lib.global_batch({k: local[k] for k in BATCH_KEYS}, batch_sharding)
+            state, metrics = step_fn(state, batch)
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - t0
+            if not metrics.pop("finite"):
+                checkpointer.wait()
+                raise SolarError(f"non-finite loss or gradient at step {step + 1} "
+                                 f"(loss={float(metrics['loss'])}, "
+                                 f"grad_norm={float(metrics['grad_norm'])}); stopped, the last "
+                                 f"good checkpoint is step {checkpointer.latest_step()}")
+            tokens_per_sec = float(metrics["tokens"]) / seconds
+            record = {"step": step + 1, **{k: float(v) for k, v in metrics.items()},
+                      "tokens_per_sec": tokens_per_sec, "step_time": seconds,
+                      "mfu": (per_token * tokens_per_sec / (peak * jax.device_count())
+                              if peak else None)}
+            done = step + 1
+            writer.write(record, show=done % cfg.log_every == 0 or done == cfg.steps)
+            stopping = stop.any_process()
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+                checkpointer.save(done, state, dataset.state(done), run_record, wait=stopping)
+            if stopping:
+                print(f"received signal: checkpoint written at step {done}; exiting", flush=True)
+                break
+        checkpointer.wait()
+        if jax.process_index() == 0 and record.get("step") == cfg.steps:
+            (run_dir / "final_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    finally:
+        stop.restore()
+        writer.close()
+        checkpointer.close()
+    return record

@@ -1,0 +1,80 @@
+"""One optimizer step: forward/backward over `grad_accum` micro-batches, AdamW update.
+
+The loss is the token-weighted mean over the whole global batch: micro-batches contribute
+summed NLL and summed weights, divided once at the end, so 4 x B/4 equals one batch of B.
+A non-finite loss or gradient leaves params and optimizer state untouched (the loop then
+stops the run), so the state in memory is always the last good one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from solar_jax.config import ModelConfig
+from solar_jax.model.transformer import bind
+from solar_jax.train.loss import chunked_cross_entropy, lm_head_weight
+
+BATCH_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
+
+
+def batch_loss_sums(config: ModelConfig, params: dict, batch: dict, *, chunk: int,
+                    z_loss: float):
+    """(objective_sum, (nll_sum, z_sum, correct_sum, weight_sum)) for one micro-batch."""
+    model = bind(config, params)
+    hidden = model.hidden_states(batch["input_ids"], batch["segment_ids"], batch["positions"])
+    head = lm_head_weight(params, config.tie_word_embeddings)
+    nll, z, correct = chunked_cross_entropy(hidden, head, batch["targets"],
+                                            batch["loss_weights"], chunk=chunk, z_loss=z_loss)
+    weight = jnp.sum(batch["loss_weights"].astype(jnp.float32))
+    return nll + z, (nll, z, correct, weight)
+
+
+def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation,
+                    schedule: Callable, *, grad_accum: int, chunk: int, z_loss: float):
+    grad_fn = jax.grad(lambda p, b: batch_loss_sums(config, p, b, chunk=chunk, z_loss=z_loss),
+                       has_aux=True)
+
+    def step(state: dict, batch: dict):
+        params = state["params"]
+        if grad_accum == 1:
+            grads, sums = grad_fn(params, batch)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+            def body(carry, mb):
+                g, s = grad_fn(params, mb)
+                return (jax.tree.map(jnp.add, carry[0], g),
+                        tuple(a + b for a, b in zip(carry[1], s))), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            zero = jnp.zeros((), jnp.float32)
+            (grads, sums), _ = jax.lax.scan(body, (zeros, (zero,) * 4), micro)
+        nll, z, correct, weight = sums
+        denom = jnp.maximum(weight, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        loss = nll / denom
+        grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
+        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = {"params": keep(new_params, params),
+                     "opt_state": keep(new_opt, state["opt_state"]),
+                     "step": state["step"] + finite.astype(jnp.int32)}
+        metrics = {"loss": loss, "z_loss": z / denom, "accuracy": correct / denom,
+                   "grad_norm": grad_norm, "lr": schedule(state["step"]), "tokens": weight,
+                   "finite": finite}
+        return new_state, metrics
+
+    return step
+
+
+def compile_train_step(step_fn, state_shardings, batch_sharding):
+    batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
