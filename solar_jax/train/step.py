@@ -33,27 +33,38 @@ def batch_loss_sums(config: ModelConfig, params: dict, batch: dict, *, chunk: in
     return nll + z, (nll, z, correct, weight)
 
 
-def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation,
-                    schedule: Callable, *, grad_accum: int, chunk: int, z_loss: float):
+def make_accumulated_grads(config: ModelConfig, *, grad_accum: int, chunk: int, z_loss: float):
+    """(params, batch) -> (summed grads, (nll, z, correct, weight) sums) over micro-batches."""
     grad_fn = jax.grad(lambda p, b: batch_loss_sums(config, p, b, chunk=chunk, z_loss=z_loss),
                        has_aux=True)
 
+    def accumulated(params, batch):
+        if grad_accum == 1:
+            return grad_fn(params, batch)
+        micro = jax.tree.map(
+            lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+        def body(carry, mb):
+            g, s = grad_fn(params, mb)
+            return (jax.tree.map(jnp.add, carry[0], g),
+                    tuple(a + b for a, b in zip(carry[1], s))), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        zero = jnp.zeros((), jnp.float32)
+        (grads, sums), _ = jax.lax.scan(body, (zeros, (zero,) * 4), micro)
+        return grads, sums
+
+    return accumulated
+
+
+def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation,
+                    schedule: Callable, *, grad_accum: int, chunk: int, z_loss: float):
+    accumulated = make_accumulated_grads(config, grad_accum=grad_accum, chunk=chunk,
+                                         z_loss=z_loss)
+
     def step(state: dict, batch: dict):
         params = state["params"]
-        if grad_accum == 1:
-            grads, sums = grad_fn(params, batch)
-        else:
-            micro = jax.tree.map(
-                lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
-
-            def body(carry, mb):
-                g, s = grad_fn(params, mb)
-                return (jax.tree.map(jnp.add, carry[0], g),
-                        tuple(a + b for a, b in zip(carry[1], s))), None
-
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            zero = jnp.zeros((), jnp.float32)
-            (grads, sums), _ = jax.lax.scan(body, (zeros, (zero,) * 4), micro)
+        grads, sums = accumulated(params, batch)
         nll, z, correct, weight = sums
         denom = jnp.maximum(weight, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
