@@ -5,11 +5,16 @@ Public API:
     save_model(model, path, format="solar"|"hf")
     convert(src, dst, to="solar"|"hf", dtype=None, max_shard_size="5GB", overwrite=False)
     attention(q, k, v, segment_ids=None, positions=None, *, causal, sliding_window, impl)
+    upscale(params, config, ranges) -> (params, config)   depth up-scaling, jittable
+    upscale_checkpoint / merge_checkpoints               streaming file-to-file versions
+    merge_params(params_list, method, ...)               linear / slerp / task_arithmetic
     ModelConfig, Model, init_params, abstract_params, logical_axes, load_tokenizer
 """
 
 from solar_jax.api import convert, load_model, save_model
 from solar_jax.config import ModelConfig
+from solar_jax.dus import solar_ranges, upscale, upscale_checkpoint
+from solar_jax.merge import merge_checkpoints, merge_params
 from solar_jax.errors import SolarError
 from solar_jax.model.attention import attention, available_attention_impls, register_attention
 from solar_jax.model.transformer import Model, abstract_params, forward, init_params, logical_axes
@@ -17,5 +22,6 @@ from solar_jax.tokenizer import load_tokenizer
 
 __all__ = ["convert", "load_model", "save_model", "ModelConfig", "SolarError", "attention",
            "available_attention_impls", "register_attention", "Model", "abstract_params",
-           "forward", "init_params", "logical_axes", "load_tokenizer"]
+           "forward", "init_params", "logical_axes", "load_tokenizer", "upscale",
+           "upscale_checkpoint", "solar_ranges", "merge_params", "merge_checkpoints"]
 __version__ = "0.1.0"

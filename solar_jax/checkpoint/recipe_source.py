@@ -133,7 +133,7 @@ def open_recipe(recipe: Recipe, *, dtype: str | None = None, dst=None,
     sources: dict[str, ParamSource] = {}
     for model in _models(recipe):
         key = _key(model)
-        if dst is not None and Path(key) == Path(dst).absolute():
+        if dst is not None and Path(key).resolve() == Path(dst).resolve():
             raise SolarError(f"destination {dst} is one of the input models; choose another path")
         if key not in sources:
             sources[key] = open_source(key)  # absolute: orbax misreads relative paths
