@@ -11,7 +11,12 @@ from typing import Any
 
 from solar_jax.errors import SolarError
 
-FORMATS = ("text", "jsonl", "parquet")
+PRETRAIN_FORMATS = ("text", "jsonl", "parquet")
+SFT_FORMATS = ("alpaca", "openorca", "gsm8k", "chat", "prompt_completion")
+PREFERENCE_FORMATS = ("preference",)
+FORMATS = PRETRAIN_FORMATS + SFT_FORMATS + PREFERENCE_FORMATS
+CHAT_TEMPLATES = ("solar", "tokenizer")
+TRUNCATIONS = ("truncate", "drop", "error")
 TEXT_SPLITS = ("paragraph", "line", "file")
 PACKINGS = ("greedy", "concat")
 
@@ -34,6 +39,11 @@ class DataConfig:
                 a document longer than seq_len is cut into seq_len chunks, its tail packed
                 like any document. "concat": rows are filled to the last token and
                 documents are cut at row boundaries (no padding, more cut documents).
+    chat_template / system_prompt / truncation (SFT and preference formats): SOLAR-Instruct's
+                template or the tokenizer's own; a system prompt for records without one;
+                what to do with a record longer than seq_len: "truncate" the answer,
+                "drop" the record, or stop with an "error" (a prompt that alone exceeds
+                seq_len is always an error naming the record).
     cache_dir:  if set, the token stream is saved there (keyed by a hash of the files' paths,
                 sizes and mtimes, these options and the tokenizer) and memory-mapped on the
                 next run, so restarts and processes on one host skip tokenization.
@@ -48,6 +58,9 @@ class DataConfig:
     shuffle: bool = True
     packing: str = "greedy"
     cache_dir: str | None = None
+    chat_template: str = "solar"
+    system_prompt: str | None = None
+    truncation: str = "truncate"
 
     def __post_init__(self):
         if isinstance(self.path, tuple):
@@ -56,7 +69,8 @@ class DataConfig:
                 isinstance(self.path, list) and not all(isinstance(p, str) for p in self.path)):
             raise SolarError(f"data.path must be a string or a list of strings, got {self.path!r}")
         for name, allowed in (("format", FORMATS), ("text_split", TEXT_SPLITS),
-                              ("packing", PACKINGS)):
+                              ("packing", PACKINGS), ("chat_template", CHAT_TEMPLATES),
+                              ("truncation", TRUNCATIONS)):
             if getattr(self, name) not in allowed:
                 raise SolarError(f"unknown data.{name} {getattr(self, name)!r}; "
                                  f"use one of {', '.join(allowed)}")

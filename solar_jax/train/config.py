@@ -28,12 +28,24 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass
+class DPOConfig:
+    beta: float = 0.1
+    loss: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    label_smoothing: float = 0.0
+    # precomputed: one pass of the reference over the data before training, stored in
+    # run_dir/reference_logps.npz; live: a frozen reference model scored every step.
+    reference: Literal["precomputed", "live"] = "precomputed"
+
+
+@dataclasses.dataclass
 class TrainConfig:
     model: str = "tiny-llama"  # a checkpoint path load_model accepts, or a preset name
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # preset fields
     tokenizer: str | None = None  # defaults to the model's own tokenizer files
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    objective: Literal["lm"] = "lm"
+    objective: Literal["lm", "sft", "dpo"] = "lm"
+    dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
+    reference_model: str | None = None  # DPO reference; defaults to `model`
     seq_len: int = 256
     batch_size: int = 8  # global, in sequences
     grad_accum: int = 1  # micro-batches per step (batch_size must divide evenly)
@@ -83,6 +95,12 @@ class TrainConfig:
         for key in ("weight_decay", "grad_clip", "z_loss", "min_lr_ratio"):
             if getattr(self, key) < 0:
                 raise SolarError(f"config key {key} must be >= 0")
+        if self.dpo.beta <= 0:
+            raise SolarError(f"config key dpo.beta must be positive, got {self.dpo.beta}")
+        if not 0 <= self.dpo.label_smoothing < 0.5:
+            raise SolarError("config key dpo.label_smoothing must be in [0, 0.5)")
+        if self.objective == "dpo" and self.grad_accum != 1:
+            raise SolarError("grad_accum > 1 is not supported with objective dpo")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise SolarError("config keys beta1 and beta2 must be in [0, 1)")
 

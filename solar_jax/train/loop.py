@@ -23,8 +23,9 @@ from solar_jax.train import state as state_lib
 from solar_jax.train.checkpoints import RunCheckpointer
 from solar_jax.train.config import TrainConfig
 from solar_jax.train.metrics import MetricsWriter, flops_per_token, peak_flops_per_device
+from solar_jax.train.objectives import build_dataset, build_objective
 from solar_jax.train.optimizer import make_optimizer, make_schedule
-from solar_jax.train.step import BATCH_KEYS, compile_train_step, make_train_step
+from solar_jax.train.step import compile_train_step
 
 
 def init_distributed(cfg: TrainConfig) -> None:
@@ -86,11 +87,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.batch_size % jax.process_count():
         raise SolarError(f"batch_size {cfg.batch_size} is not divisible by the "
                          f"{jax.process_count()} processes")
-    from solar_jax.data import build_pretrain_dataset
-    dataset = build_pretrain_dataset(cfg.data, tokenizer, seq_len=cfg.seq_len,
-                                     global_batch_size=cfg.batch_size, seed=cfg.seed,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+    dataset = build_dataset(cfg, tokenizer)
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +100,10 @@ def train(cfg: TrainConfig) -> dict:
     shardings = state_lib.state_shardings(state)
     run_record = {"config": dataclasses.asdict(cfg), "model_config": config.to_dict()}
 
+    # Before any restore: a DPO reference is the initial model, never the resumed policy.
+    objective = build_objective(cfg, config, dataset, optimizer, schedule, mesh, rules,
+                                state["params"], run_dir)
+
     start = 0
     latest = checkpointer.latest_step()
     if latest is not None:
@@ -112,11 +113,9 @@ def train(cfg: TrainConfig) -> dict:
             raise SolarError(f"checkpoint {latest} holds data position {start}; refusing to resume")
         print(f"resumed from step {latest} in {cfg.run_dir}", flush=True)
 
-    step_fn = compile_train_step(
-        make_train_step(config, optimizer, schedule, grad_accum=cfg.grad_accum,
-                        chunk=cfg.loss_chunk, z_loss=cfg.z_loss),
-        shardings, state_lib.batch_sharding(mesh))
     batch_sharding = state_lib.batch_sharding(mesh)
+    step_fn = compile_train_step(objective.step_fn, shardings, batch_sharding,
+                                 keys=objective.batch_keys, extra=objective.extra_shardings)
     per_token = flops_per_token(config, cfg.seq_len)
     peak = peak_flops_per_device(cfg.peak_tflops)
     writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard, progress=cfg.progress,
@@ -127,9 +126,10 @@ def train(cfg: TrainConfig) -> dict:
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            local = dataset.batch(step)
-            batch = state_lib.global_batch({k: local[k] for k in BATCH_KEYS}, batch_sharding)
-            state, metrics = step_fn(state, batch)
+            local = objective.host_batch(step)
+            batch = state_lib.global_batch({k: local[k] for k in objective.batch_keys},
+                                           batch_sharding)
+            state, metrics = step_fn(state, batch, *objective.extra_args)
             metrics = jax.device_get(metrics)
             seconds = time.perf_counter() - t0
             if not metrics.pop("finite"):
@@ -139,7 +139,8 @@ def train(cfg: TrainConfig) -> dict:
                                  f"grad_norm={float(metrics['grad_norm'])}); stopped, the last "
                                  f"good checkpoint is step {checkpointer.latest_step()}")
             tokens_per_sec = float(metrics["tokens"]) / seconds
-            record = {"step": step + 1, **{k: float(v) for k, v in metrics.items()},
+            record = {"step": step + 1, "objective": cfg.objective,
+                      **{k: float(v) for k, v in metrics.items()},
                       "tokens_per_sec": tokens_per_sec, "step_time": seconds,
                       "mfu": (per_token * tokens_per_sec / (peak * jax.device_count())
                               if peak else None)}

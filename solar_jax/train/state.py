@@ -48,6 +48,10 @@ def model_config_for(cfg: TrainConfig) -> tuple[ModelConfig, Path | None]:
     return config, source
 
 
+def abstract_shapes(config: ModelConfig) -> dict:
+    return jax.tree.map(lambda x: tuple(x.shape), abstract_params(config))
+
+
 def rules_for(cfg: TrainConfig) -> dict:
     rules = dict(DEFAULT_RULES)
     for name, axes in (cfg.logical_axis_rules or {}).items():

@@ -85,7 +85,9 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
     return step
 
 
-def compile_train_step(step_fn, state_shardings, batch_sharding):
-    batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
-    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+def compile_train_step(step_fn, state_shardings, batch_sharding, *, keys=BATCH_KEYS, extra=()):
+    """jit with explicit shardings; the state is donated (updated in place), extra
+    arguments (a frozen reference model) are not."""
+    batch_shardings = {k: batch_sharding for k in keys}
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, *extra),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
