@@ -1,12 +1,23 @@
-"""`make demo`: the real SmolLM2-135M-Instruct, imported from its GGUF, converted to a
-solar-jax checkpoint, reloaded, and asked one question (greedy)."""
+"""`make demo`: SOLAR's whole recipe at CPU scale on the real SmolLM2-135M-Instruct.
+
+GGUF import -> depth up-scaling (30 -> 44 layers) -> continued pretraining on
+tinyshakespeare -> two SFT candidates on synthetic GSM8K math -> their linear merge ->
+DPO on synthetic math preference pairs, then a summary table and a chat answer from the
+original and the final model. The stage configs are configs/demo/*.yaml; paths in them are
+redirected under `out_dir` here.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from solar_jax.errors import SolarError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIGS = ROOT / "configs" / "demo"
+DATA = ROOT.parent / "shared" / "data"
 
 
 def smollm2_gguf() -> Path:
@@ -24,29 +35,93 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def run_demo(out_dir: str = "demo_out", prompt: str = "What is the capital of France?",
-             max_new_tokens: int = 40) -> str:
-    from solar_jax.api import convert, load_model
+def chat_answer(model_path: Path, prompt: str, max_new_tokens: int) -> str:
+    from solar_jax.api import load_model
     from solar_jax.greedy import greedy_continue
     from solar_jax.tokenizer import chat_prompt, load_tokenizer
 
-    gguf = smollm2_gguf()
-    ckpt = Path(out_dir) / "smollm2-135m-instruct"
-    t0 = time.perf_counter()
-    convert(gguf, ckpt, to="solar", overwrite=True)
-    print(f"[1/3] converted {gguf.name} -> {ckpt} ({time.perf_counter() - t0:.1f}s)")
-
-    t0 = time.perf_counter()
-    model = load_model(ckpt)
-    tokenizer = load_tokenizer(ckpt)
-    print(f"[2/3] loaded {model} ({time.perf_counter() - t0:.1f}s)")
-
-    t0 = time.perf_counter()
-    ids = chat_prompt(tokenizer, prompt)
+    model = load_model(model_path)
+    tokenizer = load_tokenizer(model_path)
     eos = model.config.eos_token_id
     stops = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-    new = greedy_continue(model, ids, max_new_tokens, stop_ids=stops)
-    answer = tokenizer.decode(new, skip_special_tokens=True).strip()
-    print(f"[3/3] greedy answer ({len(new)} tokens, {time.perf_counter() - t0:.1f}s)")
-    print(f"\nuser: {prompt}\nassistant: {answer}")
-    return answer
+    new = greedy_continue(model, chat_prompt(tokenizer, prompt), max_new_tokens, stop_ids=stops)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def _train(config: str, out: Path, **paths) -> list[dict]:
+    from solar_jax.train import load_train_config, train
+
+    overrides = [f"{k.replace('__', '.')}={v}" for k, v in paths.items()] + ["progress=false"]
+    cfg = load_train_config(DEMO_CONFIGS / config, overrides)
+    train(cfg)
+    lines = (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines]
+
+
+def run_demo(out_dir: str = "demo_out", prompt: str = "What is the capital of France?",
+             max_new_tokens: int = 40, quick: bool = False) -> dict:
+    """Run the pipeline (quick=True: import, convert and chat only). Returns the summary."""
+    from solar_jax.api import convert
+    from solar_jax.data.synth_math import build_math_data
+    from solar_jax.dus import upscale_checkpoint
+    from solar_jax.merge import merge_checkpoints
+
+    out = Path(out_dir)
+    base = out / "smollm2-135m-instruct"
+    t0 = time.perf_counter()
+    convert(smollm2_gguf(), base, to="solar", overwrite=True)
+    print(f"[import] {smollm2_gguf().name} -> {base} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    before = chat_answer(base, prompt, max_new_tokens)
+    print(f"\nuser: {prompt}\nassistant (SmolLM2-135M-Instruct): {before}\n", flush=True)
+    summary = {"before": before, "stages": []}
+    if quick:
+        return summary
+
+    dus = out / "smollm2-dus"
+    upscale_checkpoint(base, dus, recipe=DEMO_CONFIGS / "upscale.yaml", overwrite=True)
+    print(f"[upscale] 30 -> 44 layers -> {dus}", flush=True)
+    counts = build_math_data(DATA / "gsm8k_train.jsonl", out / "math", seed=0, limit=400,
+                             overwrite=True)
+    print(f"[data] {counts['sft']} SFT records, {counts['preference']} preference pairs", flush=True)
+
+    runs = out / "runs"
+    stages = [("pretrain", "pretrain.yaml", {"model": dus, "data__path": DATA / "tinyshakespeare.txt"}),
+              ("sft_a", "sft_a.yaml", {"model": runs / "pretrain", "data__path": out / "math/sft.jsonl"}),
+              ("sft_b", "sft_b.yaml", {"model": runs / "pretrain", "data__path": out / "math/sft.jsonl"})]
+    for name, config, paths in stages:
+        records = _train(config, out, run_dir=runs / name, **paths)
+        summary["stages"].append(_stage_row(name, records))
+        print(f"[{name}] loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}", flush=True)
+
+    merged = out / "merged"  # configs/demo/merge.yaml is the same merge as a mergekit recipe
+    merge_checkpoints([runs / "sft_a", runs / "sft_b"], merged, method="linear",
+                      weights=[0.5, 0.5], overwrite=True)
+    print(f"[merge] Average(0.5, 0.5) of sft_a and sft_b -> {merged}", flush=True)
+
+    records = _train("dpo.yaml", out, run_dir=runs / "dpo", model=merged,
+                     data__path=out / "math/preference.jsonl")
+    summary["stages"].append(_stage_row("dpo", records))
+    after = chat_answer(runs / "dpo", prompt, max_new_tokens)
+    summary["after"] = after
+    _print_summary(summary, prompt)
+    return summary
+
+
+def _stage_row(name: str, records: list[dict]) -> dict:
+    row = {"stage": name, "steps": records[-1]["step"], "first_loss": records[0]["loss"],
+           "last_loss": records[-1]["loss"]}
+    if "rewards/accuracies" in records[-1]:
+        row["reward_accuracy"] = sum(r["rewards/accuracies"] for r in records[-3:]) / len(records[-3:])
+    return row
+
+
+def _print_summary(summary: dict, prompt: str) -> None:
+    print("\n| stage | steps | first loss | last loss | DPO reward accuracy |")
+    print("|---|---|---|---|---|")
+    for row in summary["stages"]:
+        acc = f"{row['reward_accuracy']:.2f}" if "reward_accuracy" in row else ""
+        print(f"| {row['stage']} | {row['steps']} | {row['first_loss']:.3f} | "
+              f"{row['last_loss']:.3f} | {acc} |")
+    print(f"\nuser: {prompt}")
+    print(f"before (SmolLM2-135M-Instruct): {summary['before']}")
+    print(f"after  (DUS 44 layers + pretrain + SFT merge + DPO): {summary['after']}")

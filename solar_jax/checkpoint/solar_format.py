@@ -207,7 +207,10 @@ class RunSource(SolarSource):
         self._setup(ModelConfig.from_dict(run["model_config"]), ckpt / "state", ("params",))
         cfg = run.get("config", {})
         where = cfg.get("tokenizer") or cfg.get("model")
-        self._extras_dir = Path(where) if where and Path(where).exists() else None
+        if (self.location / "tokenizer.json").is_file():  # written by the run itself
+            self._extras_dir = self.location
+        else:
+            self._extras_dir = Path(where) if where and Path(where).exists() else None
 
 
 def _read_run_record(directory: Path) -> dict:

@@ -91,6 +91,9 @@ def train(cfg: TrainConfig) -> dict:
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0 and "://" not in cfg.run_dir:
+        # The run directory is loadable as a model (RunSource): keep its tokenizer with it.
+        tokenizer.save_pretrained(str(run_dir))
     checkpointer = RunCheckpointer(cfg.run_dir, keep=cfg.keep_checkpoints,
                                    async_save=cfg.async_checkpoint)
     optimizer, schedule = make_optimizer(cfg), make_schedule(cfg)
