@@ -13,10 +13,7 @@ checkpoint into a model of another layout fails with a message, not a shape erro
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,7 @@ from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.sources import TOKENIZER_FILES, ParamSource
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
+from solar_jax.orbax_util import quiet_orbax as _quiet
 
 CONFIG_FILE = "solar_config.json"
 PARAMS_DIR = "params"
@@ -35,20 +33,6 @@ LAYOUT = "scanned"
 def _ocp():
     import orbax.checkpoint as ocp
     return ocp
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Orbax warns through absl and `warnings` about v0/v1 layout details we rely on."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        absl.setLevel(level)
 
 
 def is_solar_checkpoint(path: Path) -> bool:

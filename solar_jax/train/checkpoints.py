@@ -7,27 +7,12 @@ Local paths and gs:// paths both work (orbax writes through tensorstore/etils.ep
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
 
 import jax
 import orbax.checkpoint as ocp
 
 from solar_jax.errors import SolarError
-
-
-@contextlib.contextmanager
-def _quiet():
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        absl.setLevel(level)
+from solar_jax.orbax_util import quiet_orbax as _quiet
 
 
 def _directory(run_dir: str) -> str:

@@ -19,6 +19,7 @@ import optax
 from solar_jax.config import ModelConfig
 from solar_jax.model.transformer import bind
 from solar_jax.train.loss import lm_head_weight
+from solar_jax.train.step import guarded_update
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
 SIDE_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
@@ -127,16 +128,7 @@ def make_dpo_step(config: ModelConfig, optimizer: optax.GradientTransformation,
         else:
             ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         (loss_value, aux), grads = grad_fn(params, batch, ref_c, ref_r)
-        grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
-        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = {"params": keep(new_params, params),
-                     "opt_state": keep(new_opt, state["opt_state"]),
-                     "step": state["step"] + finite.astype(jnp.int32)}
-        metrics = {"loss": loss_value, "grad_norm": grad_norm, "lr": schedule(state["step"]),
-                   "finite": finite, **aux}
-        return new_state, metrics
+        new_state, update_metrics = guarded_update(state, grads, loss_value, optimizer, schedule)
+        return new_state, {"loss": loss_value, **update_metrics, **aux}
 
     return step

@@ -57,6 +57,21 @@ def make_accumulated_grads(config: ModelConfig, *, grad_accum: int, chunk: int, 
     return accumulated
 
 
+def guarded_update(state: dict, grads, loss, optimizer: optax.GradientTransformation,
+                   schedule: Callable):
+    """Apply the optimizer unless the loss or the gradient norm is non-finite, in which
+    case the state is returned unchanged (the loop then stops the run)."""
+    params = state["params"]
+    grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
+    updates, new_opt = optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = {"params": keep(new_params, params), "opt_state": keep(new_opt, state["opt_state"]),
+                 "step": state["step"] + finite.astype(jnp.int32)}
+    return new_state, {"grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite}
+
+
 def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation,
                     schedule: Callable, *, grad_accum: int, chunk: int, z_loss: float):
     accumulated = make_accumulated_grads(config, grad_accum=grad_accum, chunk=chunk,
@@ -69,17 +84,9 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
         denom = jnp.maximum(weight, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = nll / denom
-        grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
-        updates, new_opt = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = {"params": keep(new_params, params),
-                     "opt_state": keep(new_opt, state["opt_state"]),
-                     "step": state["step"] + finite.astype(jnp.int32)}
+        new_state, update_metrics = guarded_update(state, grads, loss, optimizer, schedule)
         metrics = {"loss": loss, "z_loss": z / denom, "accuracy": correct / denom,
-                   "grad_norm": grad_norm, "lr": schedule(state["step"]), "tokens": weight,
-                   "finite": finite}
+                   "tokens": weight, **update_metrics}
         return new_state, metrics
 
     return step
