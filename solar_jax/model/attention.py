@@ -132,5 +132,16 @@ def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_p
                                         local_window_size=window, implementation="cudnn")
 
 
+def pallas_attention(q, k, v, **kwargs):
+    """Fused flash attention Pallas kernels (solar_jax.kernels): Triton on GPU, Mosaic on TPU,
+    interpreted on CPU. Imported on first call, so `import solar_jax` never loads Pallas."""
+    from solar_jax.kernels import pallas_attention as kernel
+    return kernel(q, k, v, **kwargs)
+
+
 register_attention("xla", xla_attention)
 register_attention("cudnn", cudnn_attention)
+# Not yet in "auto": the kernels are verified in the Pallas interpreter and lower for H100
+# and TPU v5e, but have not run on hardware. Select them with impl="pallas" /
+# attention_impl: pallas until benchmarks/RESULTS.md holds measured numbers.
+register_attention("pallas", pallas_attention)

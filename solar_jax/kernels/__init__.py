@@ -1,0 +1,28 @@
+"""Pallas fused attention kernels (flash attention, forward and backward) for GPU and TPU.
+
+Importing this package loads Pallas; `solar_jax` itself only imports it the first time
+`attention(..., impl="pallas")` runs. See docs/attention.md for which implementation runs
+where.
+
+    flash_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                    causal, sliding_window, scale, backend="gpu"|"tpu", block_sizes,
+                    interpret)
+    pallas_attention(...)   the `attention(..., impl="pallas")` implementation
+"""
+
+from solar_jax.kernels.blocks import BlockSizes, default_block_sizes
+from solar_jax.kernels.flash import flash_attention, resolve_backend
+
+
+def pallas_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                     causal, sliding_window, scale):
+    """The registered "pallas" implementation: this platform's kernels (interpreted on
+    CPU) with default tiles."""
+    return flash_attention(q, k, v, q_segment_ids=q_segment_ids,
+                           kv_segment_ids=kv_segment_ids, q_positions=q_positions,
+                           kv_positions=kv_positions, causal=causal,
+                           sliding_window=sliding_window, scale=scale)
+
+
+__all__ = ["BlockSizes", "default_block_sizes", "flash_attention", "pallas_attention",
+           "resolve_backend"]
