@@ -13,7 +13,7 @@ from solar_jax.config import canonical_dtype
 from solar_jax.errors import SolarError
 from solar_jax.model.transformer import Model
 
-FORMATS = ("solar", "hf")
+FORMATS = ("solar", "hf", "gguf")
 
 
 def load_model(path: str | Path, dtype: str | None = None, *, compute_dtype: str | None = None,
@@ -44,20 +44,26 @@ def load_model(path: str | Path, dtype: str | None = None, *, compute_dtype: str
 
 
 def save_model(model: Model, path: str | Path, format: str = "solar", *, dtype: str | None = None,
-               max_shard_size: str | int = "5GB", overwrite: bool = False) -> Path:
-    """Write `model` as a solar-jax checkpoint or an HF folder (tokenizer copied along)."""
+               max_shard_size: str | int = "5GB", overwrite: bool = False,
+               quant: str | None = None, tokenizer: bool = True) -> Path:
+    """Write `model` as a solar-jax checkpoint, an HF folder (tokenizer copied along) or a
+    .gguf file for llama.cpp (format="gguf"; quant f16 (default)/bf16/f32/q8_0/q4_0)."""
     source_dir = getattr(model, "source", None)
     extras = source_dir if source_dir is not None and Path(source_dir).is_dir() else None
     source = MemorySource(model.config, model.params, extras_from=extras,
                           tokenizer=model.tokenizer)
     if extras is None and source_dir is not None and Path(source_dir).suffix == ".gguf":
         source = _with_gguf_extras(source, Path(source_dir))
-    return _write(source, path, format, dtype, max_shard_size, overwrite)
+    return _write(source, path, format, dtype, max_shard_size, overwrite, quant, tokenizer)
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str = "solar", dtype: str | None = None,
-            max_shard_size: str | int = "5GB", overwrite: bool = False) -> Path:
-    """Stream SRC (HF folder, solar-jax checkpoint, GGUF) into DST in format `to`."""
+            max_shard_size: str | int = "5GB", overwrite: bool = False,
+            quant: str | None = None, tokenizer: bool = True) -> Path:
+    """Stream SRC (HF folder, solar-jax checkpoint, GGUF) into DST in format `to`.
+
+    to="gguf": DST is a .gguf file for llama.cpp; quant is f16 (default), bf16, f32, q8_0
+    or q4_0; tokenizer=False writes the weights without a vocabulary."""
     if to not in FORMATS:
         raise SolarError(f"unknown output format {to!r}; use one of {', '.join(FORMATS)}")
     if dtype is not None:
@@ -65,10 +71,27 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "solar", dtype: str |
     src, dst = Path(src), Path(dst)
     if dst.absolute() == src.absolute():
         raise SolarError("destination is the source; choose another path")
-    return _write(open_source(src), dst, to, dtype, max_shard_size, overwrite)
+    if to != "gguf" and dst.suffix == ".gguf":
+        raise SolarError(f"{dst} names a .gguf file; pass --to gguf to write GGUF")
+    _check_gguf_options(to, dtype, quant, tokenizer)
+    return _write(open_source(src), dst, to, dtype, max_shard_size, overwrite, quant, tokenizer)
 
 
-def _write(source, dst, format, dtype, max_shard_size, overwrite):
+def _check_gguf_options(format, dtype, quant, tokenizer):
+    if format == "gguf":
+        from solar_jax.checkpoint.gguf_writer import check_quant
+        check_quant(quant)
+        if dtype is not None:
+            raise SolarError("--dtype does not apply to GGUF output; choose its encoding with --quant")
+    elif quant is not None or not tokenizer:
+        raise SolarError("--quant and --no-tokenizer apply to --to gguf only")
+
+
+def _write(source, dst, format, dtype, max_shard_size, overwrite, quant=None, tokenizer=True):
+    _check_gguf_options(format, dtype, quant, tokenizer)
+    if format == "gguf":
+        from solar_jax.checkpoint.gguf_writer import write_gguf
+        return write_gguf(source, dst, quant=quant, tokenizer=tokenizer, overwrite=overwrite)
     if format == "solar":
         return write_solar(source, dst, dtype=dtype, overwrite=overwrite)
     if format == "hf":
