@@ -12,7 +12,7 @@ import sys
 
 from solar_jax.errors import SolarError
 
-COMMAND_MODULES = ("convert", "demo", "upscale", "merge", "train", "build_math")
+COMMAND_MODULES = ("convert", "demo", "upscale", "merge", "train", "build_math", "ablate")
 
 
 def build_parser() -> argparse.ArgumentParser:
