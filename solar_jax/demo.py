@@ -80,7 +80,7 @@ def run_demo(out_dir: str = "demo_out", prompt: str = "What is the capital of Fr
     dus = out / "smollm2-dus"
     upscale_checkpoint(base, dus, recipe=DEMO_CONFIGS / "upscale.yaml", overwrite=True)
     print(f"[upscale] 30 -> 44 layers -> {dus}", flush=True)
-    counts = build_math_data(DATA / "gsm8k_train.jsonl", out / "math", seed=0, limit=64,
+    counts = build_math_data(DATA / "gsm8k_train.jsonl", out / "math", seed=0, limit=32,
                              overwrite=True)
     print(f"[data] {counts['sft']} SFT records, {counts['preference']} preference pairs", flush=True)
 
