@@ -8,6 +8,9 @@ Public API:
     upscale(params, config, ranges) -> (params, config)   depth up-scaling, jittable
     upscale_checkpoint / merge_checkpoints               streaming file-to-file versions
     merge_params(params_list, method, ...)               linear / slerp / task_arithmetic
+    model.generate(prompts, ...)                         KV-cache decoding, sampling
+                                                         (lower level: solar_jax.generate)
+    evaluate(model, task, data, ...)                     lm-eval-style benchmarks
     ModelConfig, Model, init_params, abstract_params, logical_axes, load_tokenizer
 """
 
@@ -19,6 +22,15 @@ from solar_jax.errors import SolarError
 from solar_jax.model.attention import attention, available_attention_impls, register_attention
 from solar_jax.model.transformer import Model, abstract_params, forward, init_params, logical_axes
 from solar_jax.tokenizer import load_tokenizer
+
+
+def __getattr__(name):
+    # evaluate imports its modules lazily, so `import solar_jax` stays light.
+    if name == "evaluate":
+        from solar_jax.eval import evaluate
+        return evaluate
+    raise AttributeError(f"module 'solar_jax' has no attribute {name!r}")
+
 
 __all__ = ["convert", "load_model", "save_model", "ModelConfig", "SolarError", "attention",
            "available_attention_impls", "register_attention", "Model", "abstract_params",

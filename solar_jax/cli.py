@@ -12,7 +12,8 @@ import sys
 
 from solar_jax.errors import SolarError
 
-COMMAND_MODULES = ("convert", "demo", "upscale", "merge", "train", "build_math", "ablate")
+COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "generate", "chat",
+                   "eval", "ablate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,8 @@ Parameter tree (the `params` pytree every part of solar-jax shares):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -25,6 +27,28 @@ from solar_jax.config import ModelConfig
 from solar_jax.model.attention import attention
 from solar_jax.model.layers import MLP, Embedding, Projection, RMSNorm
 from solar_jax.model.rotary import apply_rotary, rotary_tables
+
+
+class KVCache(NamedTuple):
+    """Preallocated keys and values for incremental decoding.
+
+    k, v: [layers, batch, max_len, kv_heads, head_dim], stacked on the layer axis like the
+    params, so the layer scan carries the whole cache and each layer updates its own slice
+    in place. segment_ids and positions ([batch, max_len], shared by all layers) describe
+    each slot for the attention mask: segment 0 marks an empty or padding slot, which is
+    never attended, and positions are the rotary positions the keys were written with.
+    """
+    k: jax.Array
+    v: jax.Array
+    segment_ids: jax.Array
+    positions: jax.Array
+
+    @classmethod
+    def init(cls, config: ModelConfig, batch: int, max_len: int) -> "KVCache":
+        shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+        dtype = jnp.dtype(config.compute_dtype)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                   jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((batch, max_len), jnp.int32))
 
 
 class Attention(nnx.Module):
@@ -40,15 +64,29 @@ class Attention(nnx.Module):
         self.o_proj = Projection((config.num_heads, d), (h,), ("heads", "head_dim", "embed"),
                                  config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids, positions):
+    def __call__(self, x, cos, sin, segment_ids, positions, cache: KVCache | None = None,
+                 layer=None, index=None):
         q = apply_rotary(self.q_proj(x), cos, sin)
         k = apply_rotary(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
         q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
-        out = attention(q, k, v, segment_ids, positions, causal=True,
+        if cache is None:
+            out = attention(q, k, v, segment_ids, positions, causal=True,
+                            sliding_window=self.config.sliding_window,
+                            impl=self.config.attention_impl)
+            return self.o_proj(out)
+        # Write this step's keys/values at slots [index, index + seq) of this layer, then
+        # attend over the whole preallocated cache; empty slots carry segment 0 and the
+        # mask (defined on positions) hides them, so one compiled shape serves every step.
+        start = (layer, 0, index, 0, 0)
+        k_all = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start)
+        v_all = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start)
+        out = attention(q, k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype),
+                        segment_ids, positions, causal=True,
                         sliding_window=self.config.sliding_window,
-                        impl=self.config.attention_impl)
-        return self.o_proj(out)
+                        impl=self.config.attention_impl,
+                        kv_segment_ids=cache.segment_ids, kv_positions=cache.positions)
+        return self.o_proj(out), cache._replace(k=k_all, v=v_all)
 
 
 class DecoderBlock(nnx.Module):
@@ -58,9 +96,15 @@ class DecoderBlock(nnx.Module):
         self.mlp_norm = RMSNorm(config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids, positions):
-        x = x + self.attn(self.attn_norm(x), cos, sin, segment_ids, positions)
-        return x + self.mlp(self.mlp_norm(x))
+    def __call__(self, x, cos, sin, segment_ids, positions, cache: KVCache | None = None,
+                 layer=None, index=None):
+        if cache is None:
+            x = x + self.attn(self.attn_norm(x), cos, sin, segment_ids, positions)
+            return x + self.mlp(self.mlp_norm(x))
+        out, cache = self.attn(self.attn_norm(x), cos, sin, segment_ids, positions,
+                               cache=cache, layer=layer, index=index)
+        x = x + out
+        return x + self.mlp(self.mlp_norm(x)), cache
 
 
 REMAT_POLICIES = {
@@ -109,6 +153,29 @@ class CausalLM(nnx.Module):
         if collect:
             return normed, jnp.concatenate([inputs, x[None]], axis=0)
         return normed
+
+    def hidden_states_cached(self, input_ids, segment_ids, positions, cache: KVCache, index):
+        """A prefill or decode step over a KV cache: the new tokens [B, S] (with their
+        segment ids, 0 for padding, and rotary positions) are written at cache slots
+        [index, index + S) and attend to every non-empty slot allowed by the causal/window
+        mask. Returns the final normed hidden states [B, S, H] and the updated cache."""
+        segment_ids = segment_ids.astype(jnp.int32)
+        positions = positions.astype(jnp.int32)
+        cache = cache._replace(
+            segment_ids=jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, index)),
+            positions=jax.lax.dynamic_update_slice(cache.positions, positions, (0, index)))
+        cos, sin = rotary_tables(positions, self.config)
+        x = self.embed(input_ids)
+
+        def step(block: DecoderBlock, carry):
+            h, cache, layer = carry
+            h, cache = block(h, cos, sin, segment_ids, positions, cache=cache, layer=layer,
+                             index=index)
+            return h, cache, layer + 1
+
+        scan = nnx.scan(step, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+        x, cache, _ = scan(self.layers, (x, cache, jnp.int32(0)))
+        return self.final_norm(x), cache
 
     def logits(self, hidden):
         if self.config.tie_word_embeddings:

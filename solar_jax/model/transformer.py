@@ -91,6 +91,31 @@ class Model:
             positions = jnp.asarray(positions, dtype=jnp.int32).reshape(input_ids.shape)
         return self._forward(self.params, input_ids, segment_ids, positions)
 
+    def generate(self, prompts, max_new_tokens: int = 128, *, chat: bool = False,
+                 system: str | None = None, **kwargs):
+        """Continue text with a KV cache. `prompts` is a string, a list of strings (decoded
+        strings back), or a list of token-id lists (token-id lists back, end token
+        included). chat=True wraps each string in the model's chat template. Keyword
+        arguments (temperature, top_k, top_p, seed, stop, ignore_eos, on_text, ...) are
+        those of `solar_jax.generate.generate`."""
+        from solar_jax.generate import generate, model_tokenizer
+        from solar_jax.tokenizer import chat_prompt
+
+        single = isinstance(prompts, str)
+        batch = [prompts] if single else list(prompts)
+        as_text = bool(batch) and all(isinstance(p, str) for p in batch)
+        tokenizer = kwargs.pop("tokenizer", None)
+        if tokenizer is None and (as_text or kwargs.get("stop") or kwargs.get("on_text")):
+            tokenizer = model_tokenizer(self)
+        if as_text:
+            batch = [chat_prompt(tokenizer, p, system) if chat else
+                     tokenizer.encode(p) for p in batch]
+        out = generate(self, batch, max_new_tokens, tokenizer=tokenizer, **kwargs)
+        if not as_text:
+            return [c.tokens for c in out]
+        texts = [c.text for c in out]
+        return texts[0] if single else texts
+
     def __repr__(self):
         c = self.config
         return (f"Model({c.model_type}, layers={c.num_layers}, hidden={c.hidden_size}, "

@@ -1,0 +1,252 @@
+"""Log-likelihood scoring as lm-evaluation-harness's HF backend defines it, batched and jitted.
+
+* `encode_pair`: trailing whitespace of the context moves to the continuation; the model
+  reads `enc(context)` followed by `enc(context + continuation)` minus its first
+  `len(enc(context))` tokens; no special tokens are added. An empty context conditions on
+  the prefix token (BOS, else EOS).
+* A request longer than max_length + 1 tokens keeps its last max_length + 1 (the model
+  sees max_length tokens and the continuation stays whole).
+* The score is the sum of the continuation tokens' log-softmax, and `is_greedy` says
+  whether each of them is the argmax.
+* `rolling_loglikelihood` (perplexity) splits a text into disjoint windows of max_length
+  predicted tokens exactly as lm-eval's get_rolling_token_windows(context_len=1): the first
+  token is predicted from the prefix token, every window sees up to max_length tokens.
+
+Two batched, jitted paths compute exactly those numbers:
+
+* shared context (multiple choice: several continuations of one context): the context is
+  run once into a KV cache (left-padded, as in generation), the cache is repeated for each
+  choice and the choices run on top of it. With short answers this divides the work by
+  the number of choices;
+* plain rows (single requests, truncated ones, perplexity windows): one right-padded row
+  each; padding sits after the real tokens, so the causal mask alone keeps it out.
+
+Either way the LM head runs only at the positions that predict continuation tokens (the
+[tokens, vocab] logits are most of the memory and a fifth of the FLOPs of a small model).
+Batches are sorted by length (longest first, as lm-eval does) and padded to bucketed
+shapes with a fixed row count, so a whole task compiles a few programs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from solar_jax.errors import SolarError
+from solar_jax.generate.engine import bucket
+from solar_jax.model.llama import KVCache
+from solar_jax.model.transformer import bind
+
+MAX_BATCH_TOKENS = 16384  # tokens per forward: bounds activations and [tokens, vocab] logits
+
+
+def _sum_logprobs(logits, targets, mask):
+    """Sum of the targets' log-softmax where mask, and whether each is the argmax."""
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = jnp.where(mask, picked - logz, 0.0)
+    greedy = (jnp.argmax(logits, axis=-1) == targets) | ~mask
+    return logp.sum(-1), greedy.all(-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score_rows(config, params, tokens, starts, targets, n_targets):
+    """tokens [B, W] right-padded; position starts[b] + j predicts targets[b, j]."""
+    model = bind(config, params)
+    hidden = model.hidden_states(tokens)
+    span = targets.shape[1]
+    at = jnp.minimum(starts[:, None] + jnp.arange(span)[None], tokens.shape[1] - 1)
+    logits = model.logits(jnp.take_along_axis(hidden, at[..., None], axis=1))
+    return _sum_logprobs(logits, targets, jnp.arange(span)[None] < n_targets[:, None])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score_shared(config, params, contexts, context_len, choices, choice_len):
+    """contexts [G, W] left-padded; choices [G, C, L] right-padded (length 0 = absent).
+    Returns log-likelihoods and greedy flags [G, C]."""
+    (groups, width), (_, n_choices, span) = contexts.shape, choices.shape
+    model = bind(config, params)
+    pad = width - context_len
+    slots = jnp.arange(width, dtype=jnp.int32)[None]
+    segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
+    positions = jnp.maximum(slots - pad[:, None], 0)
+    hidden, cache = model.hidden_states_cached(contexts, segment_ids, positions,
+                                               KVCache.init(config, groups, width + span), 0)
+    first = model.logits(hidden[:, -1:])                      # predicts each choice's token 0
+    # Every choice continues its own copy of the context's cache.
+    cache = KVCache(jnp.repeat(cache.k, n_choices, axis=1), jnp.repeat(cache.v, n_choices, axis=1),
+                    jnp.repeat(cache.segment_ids, n_choices, axis=0),
+                    jnp.repeat(cache.positions, n_choices, axis=0))
+    tokens = choices.reshape(groups * n_choices, span)
+    valid = jnp.arange(span)[None] < choice_len.reshape(-1)[:, None]
+    positions = jnp.repeat(context_len, n_choices)[:, None] + jnp.arange(span)[None]
+    hidden, _ = model.hidden_states_cached(tokens, valid.astype(jnp.int32), positions, cache,
+                                           width)
+    logits = jnp.concatenate([jnp.repeat(first, n_choices, axis=0),
+                              model.logits(hidden[:, :-1])], axis=1)
+    lls, greedy = _sum_logprobs(logits, tokens, valid)
+    return lls.reshape(groups, n_choices), greedy.reshape(groups, n_choices)
+
+
+def _width_classes(items, length):
+    """Items sorted longest first (as lm-eval) and split by bucketed length. Each class
+    gets one shape (its widest member's choice count and continuation span too), so a
+    task compiles about one program per length bucket."""
+    classes: dict[int, list] = {}
+    for item in sorted(items, key=lambda x: -length(x)):
+        classes.setdefault(bucket(length(item)), []).append(item)
+    return classes.items()
+
+
+class Scorer:
+    def __init__(self, model, tokenizer, *, batch_size: int = 16, max_length: int | None = None,
+                 progress=None):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size = max(1, batch_size)
+        self.max_length = max_length or model.config.max_position_embeddings
+        self.progress = progress
+        bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
+        self.prefix_token_id = bos if bos is not None else eos
+        self._encoded: dict[str, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._encoded.get(text)
+        if ids is None:
+            ids = self._encoded[text] = list(self.tokenizer.encode(text, add_special_tokens=False))
+        return ids
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context == "":
+            if self.prefix_token_id is None:
+                raise SolarError("an empty context needs a BOS or EOS token to condition on")
+            cont = self.encode(continuation)
+            if cont and cont[0] == self.prefix_token_id:
+                return cont[:1], cont[1:]
+            return [self.prefix_token_id], cont
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        # As lm-eval: the model sees enc(context) followed by the tail of enc(context +
+        # continuation), even where the two tokenizations disagree at the boundary.
+        whole = self.encode(context + continuation)
+        context_ids = self.encode(context)
+        return list(context_ids), whole[len(context_ids):]
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """(sum log p(continuation | context), is_greedy) for each (context, continuation)."""
+        return self.loglikelihood_tokens([self.encode_pair(c, x) for c, x in pairs])
+
+    def loglikelihood_tokens(self, requests: list[tuple[list[int], list[int]]]
+                             ) -> list[tuple[float, bool]]:
+        """Scores of (context ids, continuation ids) requests, in order."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        singles = []
+        for i, (context, continuation) in enumerate(requests):
+            if not continuation:
+                raise SolarError("a continuation encodes to no tokens")
+            if len(continuation) > self.max_length:
+                raise SolarError(f"a continuation of {len(continuation)} tokens is longer "
+                                 f"than the context of {self.max_length} tokens")
+            if len(context) + len(continuation) <= self.max_length + 1 and context:
+                groups.setdefault(tuple(context), []).append(i)
+            else:
+                singles.append(i)
+        shared = [g for g in groups.values() if len(g) > 1]
+        singles += [g[0] for g in groups.values() if len(g) == 1]
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        self._plain(requests, sorted(singles), results)
+        self._shared(requests, shared, results)
+        return results
+
+    def _done(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.update(n)
+
+    def _plain(self, requests, indices: list[int], results) -> None:
+        rows = {}
+        for i in indices:
+            context, continuation = requests[i]
+            whole = (context + continuation)[-(self.max_length + 1):]
+            rows[i] = (whole[:-1], whole[-len(continuation):])
+        for width, members in _width_classes(indices, lambda i: len(rows[i][0])):
+            span = bucket(max(len(rows[i][1]) for i in members), minimum=4)
+            count = max(1, min(self.batch_size, MAX_BATCH_TOKENS // width))
+            for start in range(0, len(members), count):
+                batch = members[start:start + count]
+                # A fixed row count: the last, short batch reuses the same program.
+                tokens = np.zeros((count, width), np.int32)
+                targets = np.zeros((count, span), np.int32)
+                starts, n_targets = np.zeros(count, np.int32), np.zeros(count, np.int32)
+                for r, i in enumerate(batch):
+                    inp, tgt = rows[i]
+                    tokens[r, :len(inp)] = inp
+                    targets[r, :len(tgt)] = tgt
+                    starts[r], n_targets[r] = len(inp) - len(tgt), len(tgt)
+                lls, greedy = _score_rows(self.model.config, self.model.params, tokens,
+                                          starts, targets, n_targets)
+                for r, i in enumerate(batch):
+                    results[i] = (float(lls[r]), bool(greedy[r]))
+                self._done(len(batch))
+
+    def _shared(self, requests, groups: list[list[int]], results) -> None:
+        for width, members in _width_classes(groups, lambda g: len(requests[g[0]][0])):
+            n_choices = bucket(max(len(g) for g in members), minimum=2)
+            span = bucket(max(len(requests[i][1]) for g in members for i in g), minimum=4)
+            count = max(1, min(self.batch_size // n_choices,
+                               MAX_BATCH_TOKENS // ((width + span) * n_choices)))
+            for start in range(0, len(members), count):
+                batch = members[start:start + count]
+                contexts = np.zeros((count, width), np.int32)
+                context_len = np.ones(count, np.int32)
+                choices = np.zeros((count, n_choices, span), np.int32)
+                choice_len = np.zeros((count, n_choices), np.int32)
+                for r, group in enumerate(batch):
+                    context = requests[group[0]][0]
+                    contexts[r, width - len(context):] = context
+                    context_len[r] = len(context)
+                    for c, i in enumerate(group):
+                        choices[r, c, :len(requests[i][1])] = requests[i][1]
+                        choice_len[r, c] = len(requests[i][1])
+                lls, greedy = _score_shared(self.model.config, self.model.params, contexts,
+                                            context_len, choices, choice_len)
+                lls, greedy = np.asarray(lls), np.asarray(greedy)
+                for r, group in enumerate(batch):
+                    for c, i in enumerate(group):
+                        results[i] = (float(lls[r, c]), bool(greedy[r, c]))
+                self._done(sum(len(g) for g in batch))
+
+    def rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
+        """lm-eval's disjoint rolling windows: (context tokens, predicted tokens) pairs."""
+        tokens = self.encode(text)
+        if self.prefix_token_id is None:
+            raise SolarError("perplexity needs a BOS or EOS token to predict the first token")
+        windows, n, predicted = [], self.max_length, 0
+        while predicted < len(tokens):
+            if predicted == 0:
+                size = min(n, len(tokens))
+                inputs, preds = [self.prefix_token_id] + tokens[:size - 1], tokens[:size]
+            else:
+                size = min(len(tokens) - predicted, n)
+                end = predicted + size
+                inputs, preds = tokens[max(end - n - 1, 0):end - 1], tokens[end - size:end]
+            # make_disjoint_window: the context is the inputs before the predicted span.
+            windows.append((inputs[:len(inputs) - (len(preds) - 1)], preds))
+            predicted += size
+        return windows
+
+    def rolling_loglikelihood(self, texts: list[str]) -> list[tuple[float, int]]:
+        """(sum of log p over all tokens, token count) for each text."""
+        flat, owner = [], []
+        for t, text in enumerate(texts):
+            for window in self.rolling_windows(text):
+                flat.append(window)
+                owner.append(t)
+        scores = self.loglikelihood_tokens(flat)
+        out = [[0.0, 0] for _ in texts]
+        for t, (context, preds), (ll, _) in zip(owner, flat, scores):
+            out[t][0] += ll
+            out[t][1] += len(preds)
+        return [(ll, n) for ll, n in out]

@@ -1,0 +1,153 @@
+"""Batched autoregressive decoding over a preallocated KV cache.
+
+Layout: prompts are left-padded to a common (bucketed) length P so every row writes the
+same cache slot at each step, which keeps the cache update a single dynamic_update_slice.
+Each row keeps its own rotary positions (0 at its first real token) and padding slots carry
+segment id 0, which the attention mask never lets a real token see, so a padded row
+computes exactly what it would alone.
+
+Two compiled functions do the work:
+
+* `_prefill`: one forward over the padded prompts that fills slots [0, P) and picks each
+  row's first new token;
+* `_decode`: a `lax.while_loop` of up to `chunk` single-token steps (stopping early once
+  every row is done), so the host is involved once per chunk: chunk=1 streams token by
+  token, larger chunks amortize dispatch.
+
+Shapes are bucketed (prompt length and cache length) so a session compiles a handful of
+programs, and the cache is donated between steps so XLA updates it in place. The random
+key of step s is fold_in(seed, s), so sampled output does not depend on the chunk size.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from solar_jax.config import ModelConfig
+from solar_jax.generate.sampling import Sampler
+from solar_jax.model.llama import KVCache
+from solar_jax.model.transformer import bind
+
+
+class DecodeState(NamedTuple):
+    cache: KVCache
+    tokens: jax.Array     # [B] the last token of each row (the next step's input)
+    positions: jax.Array  # [B] rotary position of that token
+    index: jax.Array      # [] cache slot it goes into (shared by all rows)
+    step: jax.Array       # [] tokens generated so far (keys the random stream)
+    done: jax.Array       # [B] row has produced an end token
+    key: jax.Array        # the seed's PRNG key
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """n rounded up to the next of 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x):
+    at most 50% padding and a logarithmic number of distinct compiled shapes."""
+    size = minimum
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+def _is_end(tokens, end_ids):
+    return jnp.any(tokens[:, None] == end_ids[None, :], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(5,))
+def _prefill(config: ModelConfig, sampler: Sampler, params, input_ids, lengths, cache, key,
+             end_ids):
+    batch, width = input_ids.shape
+    pad = width - lengths                                   # left padding per row
+    slots = jnp.arange(width, dtype=jnp.int32)[None, :]
+    segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
+    positions = jnp.maximum(slots - pad[:, None], 0)
+    model = bind(config, params)
+    hidden, cache = model.hidden_states_cached(input_ids, segment_ids, positions, cache, 0)
+    logits = model.logits(hidden[:, -1:])[:, 0]
+    first = sampler(logits, jax.random.fold_in(key, 0))
+    state = DecodeState(cache, first, lengths, jnp.int32(width), jnp.int32(1),
+                        _is_end(first, end_ids), key)
+    return state, first
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
+def _decode(config: ModelConfig, sampler: Sampler, chunk: int, params, state: DecodeState,
+            steps, end_ids, pad_id):
+    """Up to min(chunk, steps) tokens per row; rows already done emit pad_id."""
+    batch = state.tokens.shape[0]
+    ones = jnp.ones((batch, 1), jnp.int32)
+
+    def body(carry):
+        state, out, i = carry
+        model = bind(config, params)  # NNX modules may not cross into the loop's trace
+        hidden, cache = model.hidden_states_cached(
+            state.tokens[:, None], ones, state.positions[:, None], state.cache, state.index)
+        logits = model.logits(hidden)[:, 0]
+        token = sampler(logits, jax.random.fold_in(state.key, state.step))
+        token = jnp.where(state.done, pad_id, token)
+        out = out.at[:, i].set(token)
+        state = DecodeState(cache, token, state.positions + 1, state.index + 1,
+                            state.step + 1, state.done | _is_end(token, end_ids), state.key)
+        return state, out, i + 1
+
+    def cond(carry):
+        state, _, i = carry
+        return (i < jnp.minimum(chunk, steps)) & ~jnp.all(state.done)
+
+    out = jnp.full((batch, chunk), pad_id, jnp.int32)
+    state, out, n = jax.lax.while_loop(cond, body, (state, out, jnp.int32(0)))
+    return state, out, n
+
+
+class Decoder:
+    """Runs one batch: `start()` prefills and returns the first tokens [B, 1], then each
+    `next()` returns the next chunk [B, n] (n = 0 once every row is done or the budget of
+    max_new_tokens is spent)."""
+
+    def __init__(self, model, prompts: list[list[int]], max_new_tokens: int, *,
+                 sampler: Sampler, seed: int, end_ids: tuple[int, ...], pad_id: int,
+                 chunk: int):
+        self.model, self.sampler, self.chunk = model, sampler, chunk
+        self.max_new_tokens = max_new_tokens
+        self.end_ids = jnp.asarray(end_ids or (-1,), jnp.int32)
+        self.pad_id = jnp.int32(pad_id)
+        lengths = np.array([len(p) for p in prompts], np.int32)
+        width = bucket(int(lengths.max()))
+        ids = np.full((len(prompts), width), pad_id, np.int32)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = prompt
+        self._ids, self._lengths = ids, lengths
+        self._cache_len = bucket(width + max_new_tokens)
+        self._key = jax.random.key(seed)
+        self.generated = 0
+        self.state: DecodeState | None = None
+        self._done = np.zeros(len(prompts), bool)
+
+    def start(self) -> np.ndarray:
+        cfg = self.model.config
+        cache = KVCache.init(cfg, len(self._ids), self._cache_len)
+        self.state, first = _prefill(cfg, self.sampler, self.model.params,
+                                     jnp.asarray(self._ids), jnp.asarray(self._lengths),
+                                     cache, self._key, self.end_ids)
+        self.generated = 1
+        self._done = np.asarray(self.state.done)
+        return np.asarray(first)[:, None]
+
+    def next(self) -> np.ndarray:
+        steps = jnp.int32(self.max_new_tokens - self.generated)
+        self.state, out, n = _decode(self.model.config, self.sampler, self.chunk,
+                                     self.model.params, self.state, steps, self.end_ids,
+                                     self.pad_id)
+        n = int(n)
+        self.generated += n
+        self._done = np.asarray(self.state.done)
+        return np.asarray(out)[:, :n]
+
+    def stop_rows(self, rows: np.ndarray) -> None:
+        """Mark rows finished from the host (a stop string was found in their text)."""
+        self._done = self._done | rows
+        self.state = self.state._replace(done=jnp.asarray(self._done))
