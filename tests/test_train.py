@@ -2,7 +2,6 @@
 gradient accumulation, packing, and bad-input errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
