@@ -7,6 +7,8 @@ Parameters are stored in `param_dtype` and cast to `compute_dtype` where they ar
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -51,9 +53,16 @@ class Projection(nnx.Module):
                             config.initializer_range)
 
     def __call__(self, x):
+        # One 2-D matmul [tokens, in] @ [in, out]: XLA's CPU backend runs a rank-4
+        # dot_general (and its transposed backward forms) about 20% slower than the same
+        # product flattened, and the reshapes are free (they merge adjacent dims whose
+        # major one carries the sharding).
         kernel = self.kernel[...].astype(self.compute_dtype)
-        dims = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-        return jax.lax.dot_general(x.astype(self.compute_dtype), kernel, (dims, ((), ())))
+        in_shape, out_shape = kernel.shape[:self.n_in], kernel.shape[self.n_in:]
+        lead = x.shape[:x.ndim - self.n_in]
+        flat = x.astype(self.compute_dtype).reshape(-1, math.prod(in_shape))
+        y = flat @ kernel.reshape(math.prod(in_shape), math.prod(out_shape))
+        return y.reshape(*lead, *out_shape)
 
 
 class MLP(nnx.Module):

@@ -2,14 +2,21 @@
 
 The [batch, seq, vocab] fp32 logits of a 32k-49k vocabulary at long sequences would be the
 largest tensor of the step. Each chunk's logits are built, reduced to a log-sum-exp and a
-target logit, and dropped; `jax.checkpoint` makes the backward pass rebuild them per chunk
-instead of keeping all of them alive.
+target logit, and dropped. Two versions compute the same sums:
+
+* `chunked_cross_entropy`: plain autodiff, `jax.checkpoint` per chunk so the backward pass
+  rebuilds each chunk's logits instead of keeping all of them alive (the reference);
+* `fused_cross_entropy`: what the train step uses, a custom VJP that forms the gradient
+  while the logits exist, so they are built once per step instead of twice.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def lm_head_weight(params: dict, tied: bool):
@@ -51,3 +58,81 @@ def chunked_cross_entropy(hidden, head, targets, weights, *, chunk: int, z_loss:
     totals, _ = jax.lax.scan(body, (zero, zero, zero),
                              (split(hidden), split(targets), split(weights.astype(jnp.float32))))
     return totals
+
+
+def fused_cross_entropy(hidden, head, targets, weights, *, chunk: int, z_loss: float = 0.0):
+    """(objective, (nll, z, correct)): the same sums as `chunked_cross_entropy`, with
+    objective = nll + z differentiable (w.r.t. hidden and head) and the three statistics
+    for metrics only (their cotangents are ignored, like `jax.grad(..., has_aux=True)`).
+
+    The gradient is built in the forward pass: each chunk's d objective / d logits
+    (softmax − one-hot, scaled by the weights and the z-loss factor) is contracted with
+    the head and with the chunk's hidden states right away, and the backward pass only
+    scales the results by the incoming cotangent. Autodiff of the chunked loss must build
+    every chunk's [batch, chunk, vocab] logits twice (forward, then again in the backward
+    pass, since they are never stored); this builds them once, which removes a third of
+    the LM head's FLOPs from a train step. Peak memory is unchanged: the head gradient
+    accumulated here is the one the backward pass would allocate anyway.
+    """
+    return _fused(hidden, head, targets, weights.astype(jnp.float32), chunk, z_loss)
+
+
+def _fused_forward(hidden, head, targets, weights, chunk, z_loss):
+    b, s, h = hidden.shape
+    chunk = min(chunk, s)
+    pad = -s % chunk
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        weights = jnp.pad(weights, ((0, 0), (0, pad)))
+    n = (s + pad) // chunk
+    split = lambda x: x.reshape(b, n, chunk, *x.shape[2:]).swapaxes(0, 1)  # noqa: E731
+    head_c = head.astype(hidden.dtype)
+
+    def body(carry, xs):
+        sums, d_head = carry
+        h_c, t_c, w_c = xs
+        logits = jnp.einsum("bch,hv->bcv", h_c, head_c, preferred_element_type=jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        target_logit = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
+        stats = (jnp.sum((lse - target_logit) * w_c), jnp.sum(z_loss * jnp.square(lse) * w_c),
+                 jnp.sum((jnp.argmax(logits, axis=-1) == t_c) * w_c))
+        # d/dlogits of w·(lse − logit[t]) + z·w·lse²  =  p·w·(1 + 2z·lse) − w·onehot(t)
+        probs = jnp.exp(logits - lse[..., None])
+        vocab = jnp.arange(logits.shape[-1], dtype=t_c.dtype)
+        d_logits = (probs * (w_c * (1.0 + 2.0 * z_loss * lse))[..., None]
+                    - jnp.where(vocab == t_c[..., None], w_c[..., None], 0.0))
+        d_logits = d_logits.astype(hidden.dtype)
+        d_h = jnp.einsum("bcv,hv->bch", d_logits, head_c, preferred_element_type=jnp.float32)
+        d_head = d_head + jnp.einsum("bch,bcv->hv", h_c, d_logits,
+                                     preferred_element_type=jnp.float32)
+        return (tuple(a + x for a, x in zip(sums, stats)), d_head), d_h.astype(hidden.dtype)
+
+    zero = jnp.zeros((), jnp.float32)
+    init = ((zero, zero, zero), jnp.zeros(head.shape, jnp.float32))
+    (sums, d_head), d_hidden = jax.lax.scan(body, init,
+                                            (split(hidden), split(targets), split(weights)))
+    d_hidden = d_hidden.swapaxes(0, 1).reshape(b, n * chunk, h)[:, :s]
+    nll, z, correct = sums
+    return (nll + z, (nll, z, correct)), (d_hidden, d_head.astype(head.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _fused(hidden, head, targets, weights, chunk, z_loss):
+    return _fused_forward(hidden, head, targets, weights, chunk, z_loss)[0]
+
+
+def _fused_fwd(hidden, head, targets, weights, chunk, z_loss):
+    out, grads = _fused_forward(hidden, head, targets, weights, chunk, z_loss)
+    return out, (grads, targets, weights)
+
+
+def _fused_bwd(chunk, z_loss, residuals, cotangents):
+    (d_hidden, d_head), targets, weights = residuals
+    g = cotangents[0]
+    d_targets = np.zeros(targets.shape, jax.dtypes.float0)
+    return ((g * d_hidden).astype(d_hidden.dtype), (g * d_head).astype(d_head.dtype),
+            d_targets, jnp.zeros_like(weights))
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)

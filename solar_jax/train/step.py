@@ -16,7 +16,7 @@ import optax
 
 from solar_jax.config import ModelConfig
 from solar_jax.model.transformer import bind
-from solar_jax.train.loss import chunked_cross_entropy, lm_head_weight
+from solar_jax.train.loss import fused_cross_entropy, lm_head_weight
 
 BATCH_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 
@@ -27,10 +27,10 @@ def batch_loss_sums(config: ModelConfig, params: dict, batch: dict, *, chunk: in
     model = bind(config, params)
     hidden = model.hidden_states(batch["input_ids"], batch["segment_ids"], batch["positions"])
     head = lm_head_weight(params, config.tie_word_embeddings)
-    nll, z, correct = chunked_cross_entropy(hidden, head, batch["targets"],
-                                            batch["loss_weights"], chunk=chunk, z_loss=z_loss)
+    objective, (nll, z, correct) = fused_cross_entropy(
+        hidden, head, batch["targets"], batch["loss_weights"], chunk=chunk, z_loss=z_loss)
     weight = jnp.sum(batch["loss_weights"].astype(jnp.float32))
-    return nll + z, (nll, z, correct, weight)
+    return objective, (nll, z, correct, weight)
 
 
 def make_accumulated_grads(config: ModelConfig, *, grad_accum: int, chunk: int, z_loss: float):
