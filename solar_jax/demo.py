@@ -2,8 +2,9 @@
 
 GGUF import -> depth up-scaling (30 -> 44 layers) -> continued pretraining on
 tinyshakespeare -> two SFT candidates on synthetic GSM8K math -> their linear merge ->
-DPO on synthetic math preference pairs, then a summary table and a chat answer from the
-original and the final model. The stage configs are configs/demo/*.yaml; paths in them are
+DPO on synthetic math preference pairs -> evaluation (perplexity on held-out Shakespeare
+at every stage, few-shot GSM8K exact match on held-out problems before and after), then a
+summary table and a chat answer from the original and the final model. The stage configs are configs/demo/*.yaml; paths in them are
 redirected under `out_dir` here.
 """
 
@@ -18,6 +19,10 @@ from solar_jax.errors import SolarError
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIGS = ROOT / "configs" / "demo"
 DATA = ROOT.parent / "shared" / "data"
+HELDOUT_CHARS = 6000   # the end of tinyshakespeare, never trained on, scored for perplexity
+GSM8K_HELDOUT = 8      # the last problems of gsm8k_train.jsonl (the builder takes the first)
+GSM8K_SHOTS = 3
+GSM8K_MAX_TOKENS = 160
 
 
 def smollm2_gguf() -> Path:
@@ -46,6 +51,37 @@ def chat_answer(model_path: Path, prompt: str, max_new_tokens: int) -> str:
     stops = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
     new = greedy_continue(model, chat_prompt(tokenizer, prompt), max_new_tokens, stop_ids=stops)
     return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def split_data(out: Path) -> dict[str, Path]:
+    """Training text without its held-out tail, the tail, and held-out GSM8K problems."""
+    text = (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    lines = (DATA / "gsm8k_train.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = [line for line in lines if line.strip()]
+    paths = {"train_text": out / "data" / "shakespeare_train.txt",
+             "heldout_text": out / "data" / "shakespeare_heldout.txt",
+             "heldout_gsm8k": out / "data" / "gsm8k_heldout.jsonl"}
+    paths["train_text"].parent.mkdir(parents=True, exist_ok=True)
+    paths["train_text"].write_text(text[:-HELDOUT_CHARS], encoding="utf-8")
+    paths["heldout_text"].write_text(text[-HELDOUT_CHARS:], encoding="utf-8")
+    # the held-out problems and the pool their few-shot examples are drawn from
+    tail = lines[-(GSM8K_HELDOUT + 4 * GSM8K_SHOTS):]
+    paths["heldout_gsm8k"].write_text("\n".join(tail) + "\n", encoding="utf-8")
+    return paths
+
+
+def evaluate_stage(model_path: Path, paths: dict[str, Path], gsm8k: bool) -> dict:
+    from solar_jax.api import load_model
+    from solar_jax.eval import evaluate
+
+    model = load_model(model_path)
+    row = {"perplexity": evaluate(model, "perplexity", paths["heldout_text"])["perplexity"]}
+    if gsm8k:
+        result = evaluate(model, "gsm8k", paths["heldout_gsm8k"], limit=GSM8K_HELDOUT,
+                          num_fewshot=GSM8K_SHOTS, batch_size=GSM8K_HELDOUT,
+                          max_gen_tokens=GSM8K_MAX_TOKENS)
+        row["gsm8k"] = result["exact_match_flexible"]
+    return row
 
 
 def _train(config: str, out: Path, **paths) -> list[dict]:
@@ -83,9 +119,10 @@ def run_demo(out_dir: str = "demo_out", prompt: str = "What is the capital of Fr
     counts = build_math_data(DATA / "gsm8k_train.jsonl", out / "math", seed=0, limit=32,
                              overwrite=True)
     print(f"[data] {counts['sft']} SFT records, {counts['preference']} preference pairs", flush=True)
+    heldout = split_data(out)
 
     runs = out / "runs"
-    stages = [("pretrain", "pretrain.yaml", {"model": dus, "data__path": DATA / "tinyshakespeare.txt"}),
+    stages = [("pretrain", "pretrain.yaml", {"model": dus, "data__path": heldout["train_text"]}),
               ("sft_a", "sft_a.yaml", {"model": runs / "pretrain", "data__path": out / "math/sft.jsonl"}),
               ("sft_b", "sft_b.yaml", {"model": runs / "pretrain", "data__path": out / "math/sft.jsonl"})]
     for name, config, paths in stages:
@@ -101,6 +138,18 @@ def run_demo(out_dir: str = "demo_out", prompt: str = "What is the capital of Fr
     records = _train("dpo.yaml", out, run_dir=runs / "dpo", model=merged,
                      data__path=out / "math/preference.jsonl")
     summary["stages"].append(_stage_row("dpo", records))
+    print(f"[dpo] loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}", flush=True)
+
+    summary["eval"] = []
+    for name, path, gsm8k in (("SmolLM2-135M-Instruct", base, True), ("DUS 44 layers", dus, False),
+                              ("+ pretrain", runs / "pretrain", False),
+                              ("+ SFT merge", merged, False), ("+ DPO (final)", runs / "dpo", True)):
+        t0 = time.perf_counter()
+        row = {"model": name, **evaluate_stage(path, heldout, gsm8k)}
+        summary["eval"].append(row)
+        print(f"[eval] {name}: perplexity {row['perplexity']:.2f}"
+              + (f", GSM8K {row['gsm8k']:.3f}" if "gsm8k" in row else "")
+              + f" ({time.perf_counter() - t0:.0f}s)", flush=True)
     after = chat_answer(runs / "dpo", prompt, max_new_tokens)
     summary["after"] = after
     _print_summary(summary, prompt)
@@ -122,6 +171,12 @@ def _print_summary(summary: dict, prompt: str) -> None:
         acc = f"{row['reward_accuracy']:.2f}" if "reward_accuracy" in row else ""
         print(f"| {row['stage']} | {row['steps']} | {row['first_loss']:.3f} | "
               f"{row['last_loss']:.3f} | {acc} |")
+    print(f"\n| model | perplexity (held-out Shakespeare, {HELDOUT_CHARS} chars) | "
+          f"GSM8K exact match ({GSM8K_HELDOUT} held-out, {GSM8K_SHOTS}-shot) |")
+    print("|---|---|---|")
+    for row in summary.get("eval", []):
+        gsm = f"{row['gsm8k']:.3f}" if "gsm8k" in row else ""
+        print(f"| {row['model']} | {row['perplexity']:.2f} | {gsm} |")
     print(f"\nuser: {prompt}")
     print(f"before (SmolLM2-135M-Instruct): {summary['before']}")
     print(f"after  (DUS 44 layers + pretrain + SFT merge + DPO): {summary['after']}")

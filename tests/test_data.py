@@ -391,3 +391,22 @@ def test_tinyshakespeare_smollm2_tokenizer():
     first = batch["input_ids"][0][batch["segment_ids"][0] == 1]
     assert first[0] == tok.bos_token_id
     assert tok.decode(first[1:8].tolist()).strip() in SHAKESPEARE.read_text()
+
+
+def test_demo_heldout_split_is_disjoint_and_complete(tmp_path):
+    """The demo pretrains on tinyshakespeare minus a tail and scores perplexity on the tail;
+    its GSM8K eval problems come from the end of the file, the SFT/DPO builder's from the
+    start."""
+    import json as _json
+
+    from solar_jax import demo
+    paths = demo.split_data(tmp_path)
+    full = (demo.DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    train = paths["train_text"].read_text(encoding="utf-8")
+    heldout = paths["heldout_text"].read_text(encoding="utf-8")
+    assert train + heldout == full and len(heldout) == demo.HELDOUT_CHARS
+    problems = [_json.loads(x) for x in paths["heldout_gsm8k"].read_text().splitlines()]
+    assert len(problems) >= demo.GSM8K_HELDOUT + demo.GSM8K_SHOTS
+    first = [_json.loads(x) for x in
+             (demo.DATA / "gsm8k_train.jsonl").read_text().splitlines()[:64]]
+    assert not {p["question"] for p in problems} & {p["question"] for p in first}

@@ -101,6 +101,13 @@ def _width_classes(items, length):
     return classes.items()
 
 
+def _rows_for(n: int) -> int:
+    """Rows per batch for a class of n items: n rounded up to a power of two, so a class
+    with a few members (one long perplexity window) is not padded to a full batch of
+    empty rows, while the number of distinct compiled shapes stays logarithmic."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 class Scorer:
     def __init__(self, model, tokenizer, *, batch_size: int = 16, max_length: int | None = None,
                  progress=None):
@@ -173,7 +180,8 @@ class Scorer:
             rows[i] = (whole[:-1], whole[-len(continuation):])
         for width, members in _width_classes(indices, lambda i: len(rows[i][0])):
             span = bucket(max(len(rows[i][1]) for i in members), minimum=4)
-            count = max(1, min(self.batch_size, MAX_BATCH_TOKENS // width))
+            count = max(1, min(self.batch_size, MAX_BATCH_TOKENS // width,
+                               _rows_for(len(members))))
             for start in range(0, len(members), count):
                 batch = members[start:start + count]
                 # A fixed row count: the last, short batch reuses the same program.
@@ -196,7 +204,8 @@ class Scorer:
             n_choices = bucket(max(len(g) for g in members), minimum=2)
             span = bucket(max(len(requests[i][1]) for g in members for i in g), minimum=4)
             count = max(1, min(self.batch_size // n_choices,
-                               MAX_BATCH_TOKENS // ((width + span) * n_choices)))
+                               MAX_BATCH_TOKENS // ((width + span) * n_choices),
+                               _rows_for(len(members))))
             for start in range(0, len(members), count):
                 batch = members[start:start + count]
                 contexts = np.zeros((count, width), np.int32)
