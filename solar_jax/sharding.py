@@ -96,3 +96,39 @@ def shard_params(params, logical_axes_tree, mesh: Mesh, rules=None):
     """Place params on the mesh according to the rules."""
     shardings = param_shardings(params, logical_axes_tree, mesh, rules)
     return jax.tree.map(jax.device_put, params, shardings)
+
+
+def mesh_context(mesh: Mesh):
+    """Context manager that makes `mesh` the one in context, also while `jit` traces.
+
+    Needed around the tracing of sharded steps: code that must partition by hand reads the
+    mesh from there (the Pallas attention kernels wrap themselves in shard_map with it);
+    XLA's automatic partitioning is unaffected (the axes are Auto)."""
+    setter = getattr(jax, "set_mesh", None) or getattr(jax.sharding, "use_mesh", None)
+    if setter is None:
+        raise SolarError(f"jax {jax.__version__} has neither jax.set_mesh nor "
+                         "jax.sharding.use_mesh")
+    return setter(mesh)
+
+
+class MeshJit:
+    """A jitted function that is traced, lowered and called with its mesh in context.
+
+    The mesh in context is part of jit's trace-cache key, so every call enters it, not only
+    the first; `lower` does too, for ahead-of-time compilation."""
+
+    def __init__(self, jitted, mesh: Mesh):
+        self.jitted, self.mesh = jitted, mesh
+
+    def __call__(self, *args, **kwargs):
+        with mesh_context(self.mesh):
+            return self.jitted(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with mesh_context(self.mesh):
+            return self.jitted.lower(*args, **kwargs)
+
+    def __getattr__(self, name):  # the rest of jit's API (trace, eval_shape, ...)
+        if name in ("jitted", "mesh"):  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.jitted, name)

@@ -149,7 +149,8 @@ def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_p
 
 def pallas_attention(q, k, v, **kwargs):
     """Fused flash attention Pallas kernels (solar_jax.kernels): Triton on GPU, Mosaic on TPU,
-    interpreted on CPU. Imported on first call, so `import solar_jax` never loads Pallas."""
+    interpreted on CPU; per device (shard_map) when a mesh is set with `jax.set_mesh`.
+    Imported on first call, so `import solar_jax` never loads Pallas."""
     from solar_jax.kernels import pallas_attention as kernel
     return kernel(q, k, v, **kwargs)
 

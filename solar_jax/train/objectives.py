@@ -13,6 +13,7 @@ import numpy as np
 
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
+from solar_jax.sharding import MeshJit
 from solar_jax.train import state as state_lib
 from solar_jax.train.config import TrainConfig
 from solar_jax.train.step import BATCH_KEYS, make_train_step
@@ -99,7 +100,7 @@ def reference_table(cfg: TrainConfig, config: ModelConfig, dataset, ref_params, 
 
     from solar_jax.data.preference import SIDES
     from solar_jax.train.dpo import SIDE_KEYS, make_reference_fn
-    ref_fn = jax.jit(make_reference_fn(config, chunk=cfg.loss_chunk))
+    ref_fn = MeshJit(jax.jit(make_reference_fn(config, chunk=cfg.loss_chunk)), mesh)
     sharding = state_lib.batch_sharding(mesh)
     keys = [f"{s}_{k}" for s in SIDES for k in SIDE_KEYS]
     n, gb, local = dataset.num_rows, dataset.global_batch_size, dataset.local_batch_size

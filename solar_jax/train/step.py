@@ -16,6 +16,7 @@ import optax
 
 from solar_jax.config import ModelConfig
 from solar_jax.model.transformer import bind
+from solar_jax.sharding import MeshJit
 from solar_jax.train.loss import fused_cross_entropy, lm_head_weight
 
 BATCH_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
@@ -94,7 +95,10 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
 
 def compile_train_step(step_fn, state_shardings, batch_sharding, *, keys=BATCH_KEYS, extra=()):
     """jit with explicit shardings; the state is donated (updated in place), extra
-    arguments (a frozen reference model) are not."""
+    arguments (a frozen reference model) are not. Traced and called with the batch's mesh
+    in context, so the Pallas attention kernels run per device (solar_jax/kernels/sharded.py)
+    instead of gathered and replicated."""
     batch_shardings = {k: batch_sharding for k in keys}
-    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, *extra),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, *extra),
+                     out_shardings=(state_shardings, None), donate_argnums=(0,))
+    return MeshJit(jitted, batch_sharding.mesh)
