@@ -111,10 +111,24 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
                                 scale=scale)
 
 
+def cached_attention(q, k, v, mask, *, scale):
+    """A few query rows against a KV cache (prefill, decode, choice scoring): q [batch,
+    q_len, heads, head_dim], k/v [batch, kv_len, kv_heads, head_dim] as stored in the
+    cache, mask [batch, q_len, kv_len]. The GQA group is an einsum axis: with few query rows
+    this decodes ~10% faster on XLA's CPU backend than transposing the cache to head-major."""
+    b, q_len, heads, d = q.shape
+    kv_heads = k.shape[2]
+    qg = q.reshape(b, q_len, kv_heads, heads // kv_heads, d)
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None, :, :], scores * scale, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, q_len, heads, d).astype(q.dtype)
+
+
 def head_major_attention(q, k, v, mask, *, scale):
-    """XLA attention with K/V in head-major layout [batch, kv_heads, kv_len, head_dim] (the
-    KV cache's layout, so decoding reads it without a transpose) and a boolean mask
-    [batch, q_len, kv_len]; q is [batch, q_len, heads, head_dim] as everywhere else.
+    """XLA attention with K/V in head-major layout [batch, kv_heads, kv_len, head_dim] and
+    a boolean mask [batch, q_len, kv_len]; q is [batch, q_len, heads, head_dim].
 
     GQA without repeating K/V in memory: the `group` query heads that share a KV head are
     folded into the query axis, so both products are plain batched matmuls over (batch,
