@@ -5,6 +5,9 @@ fp32, greedy, the same prompts (GSM8K questions of different lengths, left-padde
 ignored so every row decodes exactly --new-tokens tokens. Decode tokens/s is measured
 without the prefill: (time for N new tokens - time for 1 new token) / (N - 1) per step,
 times the batch size; each number is the best of --repeats after a warm-up (compilation).
+Each framework runs in a fresh process of its own, one after the other: in one shared
+process torch's spin-waiting OpenMP workers slowed solar-jax by ~25%, and with
+OMP_WAIT_POLICY=PASSIVE transformers lost speed instead.
 
 The memory-bandwidth bound at batch 1: a decode step must read every weight once (the tied
 embedding serves as the LM head) plus the KV cache, so tokens/s <= bandwidth / bytes read.
@@ -19,6 +22,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +63,65 @@ def decode_rate(run, batch: int, new_tokens: int, repeats: int) -> float:
     return batch * (new_tokens - 1) / max(full - first, 1e-9)
 
 
+def prompt_ids(tok, batch: int) -> list[list[int]]:
+    """The first 8 GSM8K questions, repeated to fill the batch (same ids on both sides)."""
+    with open(GSM8K) as f:
+        questions = [json.loads(line)["question"] for _, line in zip(range(8), f)]
+    return [tok.encode(q) for q in (questions * batch)[:batch]]
+
+
+def measure_ours(model_dir: Path, args) -> dict[int, float]:
+    import solar_jax
+    from solar_jax.generate import generate
+
+    ours = solar_jax.load_model(model_dir)
+    tok = solar_jax.load_tokenizer(model_dir)
+    rates = {}
+    for batch in args.batch_sizes:
+        prompts = prompt_ids(tok, batch)
+        rates[batch] = decode_rate(
+            lambda n: generate(ours, prompts, n, ignore_eos=True, chunk=args.chunk),
+            batch, args.new_tokens, args.repeats)
+    return rates
+
+
+def measure_theirs(model_dir: Path, args) -> dict[int, float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from solar_jax.tokenizer import load_tokenizer
+
+    theirs = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    tok = load_tokenizer(model_dir)
+    tok.padding_side = "left"
+    rates = {}
+    for batch in args.batch_sizes:
+        prompts = prompt_ids(tok, batch)
+        enc = tok([tok.decode(p) for p in prompts], return_tensors="pt", padding=True,
+                  add_special_tokens=False)
+
+        def run(n):
+            with torch.no_grad():
+                theirs.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                pad_token_id=tok.pad_token_id or tok.eos_token_id)
+
+        rates[batch] = decode_rate(run, batch, args.new_tokens, args.repeats)
+    return rates | {"threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def run_side(side: str, model_dir: Path, args) -> dict:
+    """One framework in a fresh process of its own: neither's thread pool (torch's
+    spin-waiting OpenMP workers, XLA's) can slow the other, and each gets the default
+    environment its users would have."""
+    out = model_dir.parent / f"{side}.json"
+    cmd = [sys.executable, __file__, "--side", side, "--model-dir", str(model_dir),
+           "--side-out", str(out), "--new-tokens", str(args.new_tokens), "--repeats",
+           str(args.repeats), "--chunk", str(args.chunk),
+           "--batch-sizes", *map(str, args.batch_sizes)]
+    subprocess.run(cmd, check=True)
+    return {int(k) if k.isdigit() else k: v for k, v in json.loads(out.read_text()).items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model (default: SmolLM2-135M-Instruct GGUF)")
@@ -66,58 +130,49 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=16, help="solar-jax tokens per device call")
     ap.add_argument("--json", default=None, help="also write the numbers here")
+    ap.add_argument("--side", choices=["ours", "theirs"], help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--side-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    import torch
-    from transformers import AutoModelForCausalLM
+    if args.side:  # a child: measure one framework, write its rates
+        measure = measure_ours if args.side == "ours" else measure_theirs
+        Path(args.side_out).write_text(json.dumps(measure(Path(args.model_dir), args)))
+        return
+
+    import jax
 
     import solar_jax
     from solar_jax.demo import smollm2_gguf
-    from solar_jax.generate import generate
 
     work = Path(tempfile.mkdtemp(prefix="bench_generate_"))
     model_dir = solar_jax.convert(args.model or smollm2_gguf(), work / "hf", to="hf")
-    ours = solar_jax.load_model(model_dir)
-    tok = solar_jax.load_tokenizer(model_dir)
-    theirs = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    with open(GSM8K) as f:
-        questions = [json.loads(line)["question"] for _, line in zip(range(8), f)]
+    model = solar_jax.load_model(model_dir)
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
+    cfg = model.config
+    prompt_lens = {b: max(len(p) for p in prompt_ids(solar_jax.load_tokenizer(model_dir), b))
+                   for b in args.batch_sizes}
+    del model
     bw = copy_bandwidth()
-    weight_bytes = sum(x.nbytes for x in __import__("jax").tree.leaves(ours.params))
-    cfg = ours.config
+    ours = run_side("ours", model_dir, args)
+    theirs = run_side("theirs", model_dir, args)
 
     rows = []
     for batch in args.batch_sizes:
-        prompts = [tok.encode(q) for q in (questions * batch)[:batch]]
-
-        def run_ours(n):
-            generate(ours, prompts, n, ignore_eos=True, chunk=args.chunk)
-
-        tok.padding_side = "left"
-        enc = tok([tok.decode(p) for p in prompts], return_tensors="pt", padding=True,
-                  add_special_tokens=False)
-
-        def run_theirs(n):
-            with torch.no_grad():
-                theirs.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                pad_token_id=tok.pad_token_id or tok.eos_token_id)
-
-        mine = decode_rate(run_ours, batch, args.new_tokens, args.repeats)
-        ref = decode_rate(run_theirs, batch, args.new_tokens, args.repeats)
         # Bytes one step reads at this batch: weights + the KV cache at mid-generation.
-        prompt_len = max(len(p) for p in prompts)
-        kv = (2 * cfg.num_layers * batch * (prompt_len + args.new_tokens // 2)
+        kv = (2 * cfg.num_layers * batch * (prompt_lens[batch] + args.new_tokens // 2)
               * cfg.num_kv_heads * cfg.head_dim * 4)
         bound = bw / (weight_bytes + kv) * batch
+        mine, ref = ours[batch], theirs[batch]
         rows.append(dict(batch=batch, solar_jax=mine, transformers=ref, speedup=mine / ref,
                          bound=bound, fraction=mine / bound))
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"numpy copy bandwidth {bw / 1e9:.2f} GB/s")
     print(f"model: SmolLM2-135M fp32, {weight_bytes / 1e6:.0f} MB of weights; "
-          f"{args.new_tokens} new tokens, greedy, chunk {args.chunk}; jax "
-          f"{__import__('jax').__version__} ({__import__('jax').default_backend()}), "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)\n")
+          f"{args.new_tokens} new tokens, greedy, chunk {args.chunk}; jax {jax.__version__} "
+          f"({jax.default_backend()}), torch {theirs['torch']} ({theirs['threads']} threads); "
+          "each framework timed in its own process\n")
     print("| batch | solar-jax tok/s | transformers tok/s | speedup | bandwidth bound tok/s "
           "| fraction of bound |\n|---:|---:|---:|---:|---:|---:|")
     for r in rows:
