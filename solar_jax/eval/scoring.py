@@ -41,6 +41,7 @@ from solar_jax.model.llama import KVCache
 from solar_jax.model.transformer import bind
 
 MAX_BATCH_TOKENS = 16384  # tokens per forward: bounds activations and [tokens, vocab] logits
+MIN_WASTED_TOKENS = 4096  # padding worth a compile of its own (see _rows_for)
 
 
 def _sum_logprobs(logits, targets, mask):
@@ -101,11 +102,13 @@ def _width_classes(items, length):
     return classes.items()
 
 
-def _rows_for(n: int) -> int:
-    """Rows per batch for a class of n items: n rounded up to a power of two, so a class
-    with a few members (one long perplexity window) is not padded to a full batch of
-    empty rows, while the number of distinct compiled shapes stays logarithmic."""
-    return 1 << max(n - 1, 0).bit_length()
+def _rows_for(n: int, count: int, width: int) -> int:
+    """Rows per batch for a class of n items whose full batch is `count` rows of `width`
+    tokens. A class with few members (one long perplexity window) is cut to n rounded up to
+    a power of two rather than padded with empty rows, but only where those rows would cost
+    more than the extra program's compilation (about a forward of MIN_WASTED_TOKENS)."""
+    rows = 1 << max(n - 1, 0).bit_length()
+    return rows if rows < count and (count - rows) * width >= MIN_WASTED_TOKENS else count
 
 
 class Scorer:
@@ -180,8 +183,8 @@ class Scorer:
             rows[i] = (whole[:-1], whole[-len(continuation):])
         for width, members in _width_classes(indices, lambda i: len(rows[i][0])):
             span = bucket(max(len(rows[i][1]) for i in members), minimum=4)
-            count = max(1, min(self.batch_size, MAX_BATCH_TOKENS // width,
-                               _rows_for(len(members))))
+            count = max(1, min(self.batch_size, MAX_BATCH_TOKENS // width))
+            count = _rows_for(len(members), count, width)
             for start in range(0, len(members), count):
                 batch = members[start:start + count]
                 # A fixed row count: the last, short batch reuses the same program.
@@ -204,8 +207,8 @@ class Scorer:
             n_choices = bucket(max(len(g) for g in members), minimum=2)
             span = bucket(max(len(requests[i][1]) for g in members for i in g), minimum=4)
             count = max(1, min(self.batch_size // n_choices,
-                               MAX_BATCH_TOKENS // ((width + span) * n_choices),
-                               _rows_for(len(members))))
+                               MAX_BATCH_TOKENS // ((width + span) * n_choices)))
+            count = _rows_for(len(members), count, (width + span) * n_choices)
             for start in range(0, len(members), count):
                 batch = members[start:start + count]
                 contexts = np.zeros((count, width), np.int32)
