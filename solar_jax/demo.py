@@ -55,6 +55,9 @@ def chat_answer(model_path: Path, prompt: str, max_new_tokens: int) -> str:
 
 def split_data(out: Path) -> dict[str, Path]:
     """Training text without its held-out tail, the tail, and held-out GSM8K problems."""
+    for name in ("tinyshakespeare.txt", "gsm8k_train.jsonl"):
+        if not (DATA / name).is_file():
+            raise SolarError(f"the demo needs {DATA / name} (the shared data folder)")
     text = (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
     lines = (DATA / "gsm8k_train.jsonl").read_text(encoding="utf-8").splitlines()
     lines = [line for line in lines if line.strip()]

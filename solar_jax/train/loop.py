@@ -19,10 +19,15 @@ import numpy as np
 
 from solar_jax.errors import SolarError
 from solar_jax.sharding import make_mesh
+from solar_jax.tokenizer import run_tokenizer
 from solar_jax.train import state as state_lib
 from solar_jax.train.checkpoints import RunCheckpointer
 from solar_jax.train.config import TrainConfig
-from solar_jax.train.metrics import MetricsWriter, flops_per_token, peak_flops_per_device
+from solar_jax.train.metrics import (
+    MetricsWriter,
+    flops_per_token,
+    peak_flops_per_device,
+)
 from solar_jax.train.objectives import build_dataset, build_objective
 from solar_jax.train.optimizer import make_optimizer, make_schedule
 from solar_jax.train.step import compile_train_step
@@ -64,23 +69,12 @@ class _StopFlag:
         return bool(np.any(flags))
 
 
-def _load_tokenizer(cfg: TrainConfig, model_source: Path | None):
-    from solar_jax.tokenizer import load_tokenizer
-    where = cfg.tokenizer or (str(model_source) if model_source else None)
-    if where is None:
-        raise SolarError("no tokenizer: model is a preset, so set tokenizer: to a model folder, "
-                         "a solar-jax checkpoint or a .gguf file")
-    if not Path(where).exists():
-        raise SolarError(f"tokenizer {where} does not exist")
-    return load_tokenizer(where)
-
-
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns the last step's metrics."""
     init_distributed(cfg)
     mesh = make_mesh(cfg.mesh)
     config, model_source = state_lib.model_config_for(cfg)
-    tokenizer = _load_tokenizer(cfg, model_source)
+    tokenizer = run_tokenizer(cfg.tokenizer, model_source)
     if len(tokenizer) > config.vocab_size:
         raise SolarError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab is "
                          f"{config.vocab_size}")

@@ -24,12 +24,10 @@ def lm_head_weight(params: dict, tied: bool):
     return params["embed"]["embedding"].T if tied else params["lm_head"]["kernel"]
 
 
-def chunked_cross_entropy(hidden, head, targets, weights, *, chunk: int, z_loss: float = 0.0):
-    """Sums over tokens: (weighted NLL, weighted z-loss term, weighted correct predictions).
-
-    hidden [B, S, H], head [H, V], targets [B, S] int, weights [B, S] float.
-    """
-    b, s, h = hidden.shape
+def _chunks(hidden, targets, weights, chunk: int):
+    """(hidden, targets, weights) padded along the sequence to a multiple of `chunk` and
+    split into [n_chunks, batch, chunk, ...] for a scan; padding carries weight 0."""
+    b, s = targets.shape
     chunk = min(chunk, s)
     pad = -s % chunk
     if pad:
@@ -37,18 +35,30 @@ def chunked_cross_entropy(hidden, head, targets, weights, *, chunk: int, z_loss:
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
         weights = jnp.pad(weights, ((0, 0), (0, pad)))
     n = (s + pad) // chunk
-    split = lambda x: x.reshape(b, n, chunk, *x.shape[2:]).swapaxes(0, 1)  # noqa: E731
+    return tuple(x.reshape(b, n, chunk, *x.shape[2:]).swapaxes(0, 1)
+                 for x in (hidden, targets, weights))
+
+
+def _chunk_sums(logits, targets, weights, z_loss: float):
+    """((weighted NLL, z-loss term, correct predictions) summed over a chunk, its lse)."""
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    sums = (jnp.sum((lse - target_logit) * weights), jnp.sum(z_loss * jnp.square(lse) * weights),
+            jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights))
+    return sums, lse
+
+
+def chunked_cross_entropy(hidden, head, targets, weights, *, chunk: int, z_loss: float = 0.0):
+    """Sums over tokens: (weighted NLL, weighted z-loss term, weighted correct predictions).
+
+    hidden [B, S, H], head [H, V], targets [B, S] int, weights [B, S] float.
+    """
     head = head.astype(hidden.dtype)
 
     @jax.checkpoint
     def one_chunk(h_c, t_c, w_c):
         logits = jnp.einsum("bch,hv->bcv", h_c, head, preferred_element_type=jnp.float32)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        target_logit = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
-        nll = jnp.sum((lse - target_logit) * w_c)
-        z = jnp.sum(z_loss * jnp.square(lse) * w_c)
-        correct = jnp.sum((jnp.argmax(logits, axis=-1) == t_c) * w_c)
-        return nll, z, correct
+        return _chunk_sums(logits, t_c, w_c, z_loss)[0]
 
     def body(carry, xs):
         out = one_chunk(*xs)
@@ -56,7 +66,7 @@ def chunked_cross_entropy(hidden, head, targets, weights, *, chunk: int, z_loss:
 
     zero = jnp.zeros((), jnp.float32)
     totals, _ = jax.lax.scan(body, (zero, zero, zero),
-                             (split(hidden), split(targets), split(weights.astype(jnp.float32))))
+                             _chunks(hidden, targets, weights.astype(jnp.float32), chunk))
     return totals
 
 
@@ -78,25 +88,13 @@ def fused_cross_entropy(hidden, head, targets, weights, *, chunk: int, z_loss: f
 
 
 def _fused_forward(hidden, head, targets, weights, chunk, z_loss):
-    b, s, h = hidden.shape
-    chunk = min(chunk, s)
-    pad = -s % chunk
-    if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
-        weights = jnp.pad(weights, ((0, 0), (0, pad)))
-    n = (s + pad) // chunk
-    split = lambda x: x.reshape(b, n, chunk, *x.shape[2:]).swapaxes(0, 1)  # noqa: E731
     head_c = head.astype(hidden.dtype)
 
     def body(carry, xs):
         sums, d_head = carry
         h_c, t_c, w_c = xs
         logits = jnp.einsum("bch,hv->bcv", h_c, head_c, preferred_element_type=jnp.float32)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        target_logit = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
-        stats = (jnp.sum((lse - target_logit) * w_c), jnp.sum(z_loss * jnp.square(lse) * w_c),
-                 jnp.sum((jnp.argmax(logits, axis=-1) == t_c) * w_c))
+        stats, lse = _chunk_sums(logits, t_c, w_c, z_loss)
         # d/dlogits of w·(lse − logit[t]) + z·w·lse²  =  p·w·(1 + 2z·lse) − w·onehot(t)
         probs = jnp.exp(logits - lse[..., None])
         vocab = jnp.arange(logits.shape[-1], dtype=t_c.dtype)
@@ -110,9 +108,9 @@ def _fused_forward(hidden, head, targets, weights, chunk, z_loss):
 
     zero = jnp.zeros((), jnp.float32)
     init = ((zero, zero, zero), jnp.zeros(head.shape, jnp.float32))
-    (sums, d_head), d_hidden = jax.lax.scan(body, init,
-                                            (split(hidden), split(targets), split(weights)))
-    d_hidden = d_hidden.swapaxes(0, 1).reshape(b, n * chunk, h)[:, :s]
+    b, s, h = hidden.shape
+    (sums, d_head), d_hidden = jax.lax.scan(body, init, _chunks(hidden, targets, weights, chunk))
+    d_hidden = d_hidden.swapaxes(0, 1).reshape(b, -1, h)[:, :s]
     nll, z, correct = sums
     return (nll + z, (nll, z, correct)), (d_hidden, d_head.astype(head.dtype))
 
