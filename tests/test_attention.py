@@ -9,7 +9,7 @@ import solar_jax
 from solar_jax.errors import SolarError
 
 
-def numpy_attention(q, k, v, seg=None, pos=None, causal=True, window=None):
+def numpy_attention(q, k, v, seg=None, pos=None, causal=True, window=None, branch=None):
     b, s, h, d = q.shape
     kvh = k.shape[2]
     pos = np.broadcast_to(np.arange(s), (b, s)) if pos is None else pos
@@ -25,6 +25,9 @@ def numpy_attention(q, k, v, seg=None, pos=None, causal=True, window=None):
                 allowed &= pos[bi][None, :] <= pos[bi][:, None]
             if window is not None:
                 allowed &= (pos[bi][:, None] - pos[bi][None, :]) < window
+            if branch is not None:
+                kb, qb = branch[bi][None, :], branch[bi][:, None]
+                allowed &= (kb == 0) | (kb == qb)
             scores = np.where(allowed, scores, -np.inf)
             p = np.exp(scores - scores.max(-1, keepdims=True))
             out[bi, :, hi] = (p / p.sum(-1, keepdims=True)) @ v[bi, :, kv]
@@ -48,6 +51,29 @@ def test_xla_matches_numpy(heads, kv_heads, causal, window, packed):
     out = solar_jax.attention(q, k, v, seg, pos, causal=causal, sliding_window=window, impl="xla")
     np.testing.assert_allclose(out, numpy_attention(q, k, v, seg, pos, causal, window),
                                atol=2e-5, rtol=1e-5)
+
+
+def test_branches_match_numpy_and_separate_rows():
+    # Row 0: document 1 = context (4) + continuations of 3 and 2 tokens, document 2 =
+    # context (5) + continuations of 1, 2, 2 tokens, then 2 padding slots.
+    rng = np.random.default_rng(7)
+    b, s, h, kvh, d = 2, 19, 4, 2, 8
+    q, k, v = (rng.standard_normal((b, s, n, d)).astype(np.float32) for n in (h, kvh, kvh))
+    seg = np.array([[1] * 9 + [2] * 10 + [0] * 0, [1] * 17 + [0] * 2])
+    branch = np.array([[0] * 4 + [1] * 3 + [2] * 2 + [0] * 5 + [1] + [2] * 2 + [3] * 2,
+                       [0] * 10 + [1] * 4 + [2] * 3 + [0] * 2])
+    pos = np.array([[0, 1, 2, 3, 4, 5, 6, 4, 5, 0, 1, 2, 3, 4, 5, 5, 6, 5, 6],
+                    list(range(14)) + [10, 11, 12, 0, 0]])
+    out = np.asarray(solar_jax.attention(q, k, v, seg, pos, branch_ids=branch))
+    np.testing.assert_allclose(out, numpy_attention(q, k, v, seg, pos, branch=branch),
+                               atol=2e-5, rtol=1e-5)
+    # A continuation's outputs are those of its context followed by it alone.
+    alone = [0, 1, 2, 3, 7, 8]  # document 1's context and its second continuation
+    sub = lambda x: x[:1, alone]
+    ref = solar_jax.attention(sub(q), sub(k), sub(v), None, sub(pos[:, :, None])[..., 0])
+    np.testing.assert_allclose(out[0, alone], np.asarray(ref)[0], atol=2e-5, rtol=1e-5)
+    with pytest.raises(SolarError, match="self-attention only"):
+        solar_jax.attention(q, k[:, :5], v[:, :5], seg, pos, branch_ids=branch)
 
 
 def test_auto_resolves_and_unknown_impl_is_named():

@@ -80,6 +80,45 @@ def test_loglikelihood_equals_full_forward_log_softmax(tiny):
     assert Scorer(tiny, None).loglikelihood_tokens([(context, [best])])[0][1]
 
 
+def test_packed_multiple_choice_equals_separate_forwards(tiny, monkeypatch):
+    """Many contexts with several continuations each: packed several to a row, in two width
+    classes and several batches, and one document over the packing cap scored per request."""
+    from solar_jax.eval import packing
+
+    monkeypatch.setattr(packing, "PACK_WIDTH", 32)
+    monkeypatch.setattr(packing, "MAX_PACKED_TOKENS", 45)
+    rng = np.random.default_rng(3)
+    requests = []
+    for n in (3, 30, 9, 12, 5, 21, 7, 16, 4, 11, 25, 8):
+        context = rng.integers(3, 256, n).tolist()
+        requests += [(context, rng.integers(3, 256, m).tolist())
+                     for m in rng.integers(1, 6, rng.integers(2, 6))]
+    got = Scorer(tiny, None, batch_size=1, max_length=40).loglikelihood_tokens(requests)
+    for (context, cont), (ll, greedy) in zip(requests, got):
+        logp = log_softmax(_forward_padded(tiny, context + cont[:-1]))
+        rows = np.arange(len(context) - 1, len(context) + len(cont) - 1)
+        assert ll == pytest.approx(logp[rows, cont].sum(), abs=1e-4)
+        assert greedy == bool((logp[rows].argmax(-1) == cont).all())
+
+
+def test_pack_first_fit_decreasing():
+    from solar_jax.eval.packing import Doc, balanced_batches, pack
+
+    rng = np.random.default_rng(0)
+    docs = [Doc((i,), tuple(range(int(n))), ((1,),)) for i, n in
+            enumerate(rng.integers(1, 100, 200))]
+    rows = pack(docs, 128)
+    assert sorted(d.requests for row in rows for d in row) == [(i,) for i in range(200)]
+    assert all(sum(d.length for d in row) <= 128 for row in rows)
+    # Near the lower bound on the row count (total tokens / width).
+    assert len(rows) <= math.ceil(sum(d.length for d in docs) / 128) + 2
+    batches, size = balanced_batches(rows, 8)
+    assert sum(map(len, batches)) == len(rows) and max(map(len, batches)) == size <= 8
+    assert size - min(map(len, batches)) < len(batches)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack([Doc((0,), tuple(range(200)), ((1,),))], 128)
+
+
 # ---- the real model ----------------------------------------------------------------------------
 
 

@@ -14,10 +14,11 @@
 
 Two batched, jitted paths compute exactly those numbers:
 
-* shared context (multiple choice: several continuations of one context): the context is
-  run once into a KV cache (left-padded, as in generation), the cache is repeated for each
-  choice and the choices run on top of it. With short answers this divides the work by
-  the number of choices;
+* shared context (multiple choice: several continuations of one context): the context and
+  all its continuations share one packed row, the context runs once, and an attention mask
+  keeps each continuation from seeing the others (solar_jax.eval.packing). With short
+  answers this divides the work by the number of choices, and packing leaves almost no
+  padding;
 * plain rows (single requests, truncated ones, perplexity windows): one right-padded row
   each; padding sits after the real tokens, so the causal mask alone keeps it out.
 
@@ -36,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from solar_jax.errors import SolarError
+from solar_jax.eval.packing import MAX_PACKED_TOKENS, Doc, score_docs, token_logprobs
 from solar_jax.generate.engine import bucket
-from solar_jax.model.llama import KVCache
 from solar_jax.model.transformer import bind
 
 MAX_BATCH_TOKENS = 16384  # tokens per forward: bounds activations and [tokens, vocab] logits
@@ -46,10 +47,7 @@ MIN_WASTED_TOKENS = 4096  # padding worth a compile of its own (see _rows_for)
 
 def _sum_logprobs(logits, targets, mask):
     """Sum of the targets' log-softmax where mask, and whether each is the argmax."""
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    logp = jnp.where(mask, picked - logz, 0.0)
-    greedy = (jnp.argmax(logits, axis=-1) == targets) | ~mask
+    logp, greedy = token_logprobs(logits, targets, mask)
     return logp.sum(-1), greedy.all(-1)
 
 
@@ -62,34 +60,6 @@ def _score_rows(config, params, tokens, starts, targets, n_targets):
     at = jnp.minimum(starts[:, None] + jnp.arange(span)[None], tokens.shape[1] - 1)
     logits = model.logits(jnp.take_along_axis(hidden, at[..., None], axis=1))
     return _sum_logprobs(logits, targets, jnp.arange(span)[None] < n_targets[:, None])
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _score_shared(config, params, contexts, context_len, choices, choice_len):
-    """contexts [G, W] left-padded; choices [G, C, L] right-padded (length 0 = absent).
-    Returns log-likelihoods and greedy flags [G, C]."""
-    (groups, width), (_, n_choices, span) = contexts.shape, choices.shape
-    model = bind(config, params)
-    pad = width - context_len
-    slots = jnp.arange(width, dtype=jnp.int32)[None]
-    segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
-    positions = jnp.maximum(slots - pad[:, None], 0)
-    hidden, cache = model.hidden_states_cached(contexts, segment_ids, positions,
-                                               KVCache.init(config, groups, width + span), 0)
-    first = model.logits(hidden[:, -1:])                      # predicts each choice's token 0
-    # Every choice continues its own copy of the context's cache.
-    cache = KVCache(jnp.repeat(cache.k, n_choices, axis=1), jnp.repeat(cache.v, n_choices, axis=1),
-                    jnp.repeat(cache.segment_ids, n_choices, axis=0),
-                    jnp.repeat(cache.positions, n_choices, axis=0))
-    tokens = choices.reshape(groups * n_choices, span)
-    valid = jnp.arange(span)[None] < choice_len.reshape(-1)[:, None]
-    positions = jnp.repeat(context_len, n_choices)[:, None] + jnp.arange(span)[None]
-    hidden, _ = model.hidden_states_cached(tokens, valid.astype(jnp.int32), positions, cache,
-                                           width)
-    logits = jnp.concatenate([jnp.repeat(first, n_choices, axis=0),
-                              model.logits(hidden[:, :-1])], axis=1)
-    lls, greedy = _sum_logprobs(logits, tokens, valid)
-    return lls.reshape(groups, n_choices), greedy.reshape(groups, n_choices)
 
 
 def _width_classes(items, length):
@@ -203,32 +173,12 @@ class Scorer:
                 self._done(len(batch))
 
     def _shared(self, requests, groups: list[list[int]], results) -> None:
-        for width, members in _width_classes(groups, lambda g: len(requests[g[0]][0])):
-            n_choices = bucket(max(len(g) for g in members), minimum=2)
-            span = bucket(max(len(requests[i][1]) for g in members for i in g), minimum=4)
-            count = max(1, min(self.batch_size // n_choices,
-                               MAX_BATCH_TOKENS // ((width + span) * n_choices)))
-            count = _rows_for(len(members), count, (width + span) * n_choices)
-            for start in range(0, len(members), count):
-                batch = members[start:start + count]
-                contexts = np.zeros((count, width), np.int32)
-                context_len = np.ones(count, np.int32)
-                choices = np.zeros((count, n_choices, span), np.int32)
-                choice_len = np.zeros((count, n_choices), np.int32)
-                for r, group in enumerate(batch):
-                    context = requests[group[0]][0]
-                    contexts[r, width - len(context):] = context
-                    context_len[r] = len(context)
-                    for c, i in enumerate(group):
-                        choices[r, c, :len(requests[i][1])] = requests[i][1]
-                        choice_len[r, c] = len(requests[i][1])
-                lls, greedy = _score_shared(self.model.config, self.model.params, contexts,
-                                            context_len, choices, choice_len)
-                lls, greedy = np.asarray(lls), np.asarray(greedy)
-                for r, group in enumerate(batch):
-                    for c, i in enumerate(group):
-                        results[i] = (float(lls[r, c]), bool(greedy[r, c]))
-                self._done(sum(len(g) for g in batch))
+        docs = [Doc(tuple(g), tuple(requests[g[0]][0]),
+                    tuple(tuple(requests[i][1]) for i in g)) for g in groups]
+        long = [doc for doc in docs if doc.length > MAX_PACKED_TOKENS]
+        score_docs(self.model, [d for d in docs if d.length <= MAX_PACKED_TOKENS],
+                   self.batch_size, results, self._done)
+        self._plain(requests, sorted(i for doc in long for i in doc.requests), results)
 
     def rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
         """lm-eval's disjoint rolling windows: (context tokens, predicted tokens) pairs."""

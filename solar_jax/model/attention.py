@@ -7,7 +7,11 @@ Masking is defined once, here, for every implementation:
 * a query sees a key only when both carry the same segment id (packed documents never
   attend to each other; id 0 is padding by convention, and padding only sees padding);
 * causal: key position <= query position;
-* sliding window W (Mistral): query position - key position < W, as transformers does.
+* sliding window W (Mistral): query position - key position < W, as transformers does;
+* branches (optional, self-attention only): within a segment, branch 0 is a prefix that
+  every branch sees, and a query of branch b > 0 sees no key of another branch b' > 0.
+  One row then holds a context followed by several continuations of it, each scored as if
+  it alone followed the context (multiple-choice scoring; the XLA math computes it).
 
 Positions default to 0..len-1. Keys take `kv_positions`/`kv_segment_ids` when given (a KV
 cache), else the query's own, so plain self-attention needs neither.
@@ -63,7 +67,8 @@ def resolve_impl(impl: str) -> str:
 
 def attention(q, k, v, segment_ids=None, positions=None, *, causal: bool = True,
               sliding_window: int | None = None, impl: str = "auto",
-              kv_segment_ids=None, kv_positions=None, scale: float | None = None) -> jax.Array:
+              kv_segment_ids=None, kv_positions=None, scale: float | None = None,
+              branch_ids=None) -> jax.Array:
     """Multi-head attention with GQA/MQA; returns [batch, q_len, heads, head_dim]."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise SolarError("attention expects q, k, v of shape [batch, seq, heads, head_dim]")
@@ -80,15 +85,25 @@ def attention(q, k, v, segment_ids=None, positions=None, *, causal: bool = True,
             jnp.arange(kv_len, dtype=jnp.int32), (b, kv_len))
     if kv_segment_ids is None and segment_ids is not None and kv_len == q_len:
         kv_segment_ids = segment_ids
+    scale = float(scale) if scale is not None else head_dim ** -0.5
+    if branch_ids is not None:
+        # Fused kernels take segments, not branches: this mask is XLA's alone.
+        if kv_len != q_len:
+            raise SolarError("attention branch_ids apply to self-attention only")
+        mask = attention_mask(segment_ids, kv_segment_ids, positions, kv_positions,
+                              causal=causal, sliding_window=sliding_window,
+                              q_branch_ids=branch_ids, kv_branch_ids=branch_ids)
+        return head_major_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                                    mask, scale=scale)
     fn = _IMPLS[resolve_impl(impl)]
     return fn(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
               q_positions=positions, kv_positions=kv_positions, causal=causal,
-              sliding_window=sliding_window,
-              scale=float(scale) if scale is not None else head_dim ** -0.5)
+              sliding_window=sliding_window, scale=scale)
 
 
 def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, *,
-                   causal: bool, sliding_window: int | None):
+                   causal: bool, sliding_window: int | None, q_branch_ids=None,
+                   kv_branch_ids=None):
     """Boolean [batch, q_len, kv_len] mask: True where a query may see a key."""
     qp = q_positions[:, :, None]
     kp = kv_positions[:, None, :]
@@ -99,6 +114,9 @@ def attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, *,
         mask &= kp <= qp
     if sliding_window is not None:
         mask &= (qp - kp) < sliding_window
+    if q_branch_ids is not None:
+        kb = kv_branch_ids[:, None, :]
+        mask &= (kb == 0) | (kb == q_branch_ids[:, :, None])
     return mask
 
 

@@ -66,7 +66,7 @@ class Attention(nnx.Module):
                                  config, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment_ids, positions, cache: KVCache | None = None,
-                 layer=None, index=None):
+                 layer=None, index=None, branch_ids=None):
         q = apply_rotary(self.q_proj(x), cos, sin)
         k = apply_rotary(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
@@ -74,7 +74,7 @@ class Attention(nnx.Module):
         if cache is None:
             out = attention(q, k, v, segment_ids, positions, causal=True,
                             sliding_window=self.config.sliding_window,
-                            impl=self.config.attention_impl)
+                            impl=self.config.attention_impl, branch_ids=branch_ids)
             return self.o_proj(out)
         # Write this step's keys/values at slots [index, index + seq) of this layer, then
         # attend over the whole preallocated cache; empty slots carry segment 0 and the
@@ -99,9 +99,10 @@ class DecoderBlock(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment_ids, positions, cache: KVCache | None = None,
-                 layer=None, index=None):
+                 layer=None, index=None, branch_ids=None):
         if cache is None:
-            x = x + self.attn(self.attn_norm(x), cos, sin, segment_ids, positions)
+            x = x + self.attn(self.attn_norm(x), cos, sin, segment_ids, positions,
+                              branch_ids=branch_ids)
             return x + self.mlp(self.mlp_norm(x))
         out, cache = self.attn(self.attn_norm(x), cos, sin, segment_ids, positions,
                                cache=cache, layer=layer, index=index)
@@ -133,9 +134,10 @@ class CausalLM(nnx.Module):
                                       ("embed", "vocab"), config, rngs=rngs)
 
     def hidden_states(self, input_ids, segment_ids=None, positions=None, *,
-                      collect: bool = False):
+                      collect: bool = False, branch_ids=None):
         """Final normed hidden states [B, S, H]; with collect=True also the input of every
-        layer plus the last layer's output, [L + 1, B, S, H] (for layer diagnostics)."""
+        layer plus the last layer's output, [L + 1, B, S, H] (for layer diagnostics).
+        branch_ids [B, S]: prefix-shared branches within each segment (see attention)."""
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32),
                                          input_ids.shape)
@@ -143,7 +145,7 @@ class CausalLM(nnx.Module):
         x = self.embed(input_ids)
 
         def step(block: DecoderBlock, h):
-            out = block(h, cos, sin, segment_ids, positions)
+            out = block(h, cos, sin, segment_ids, positions, branch_ids=branch_ids)
             return out, (h if collect else None)
 
         if self.config.remat != "none":

@@ -1,0 +1,172 @@
+"""Multiple-choice scoring in packed rows: a context and all of its continuations share one
+row, and several such documents share a row.
+
+One document in a row is its context's tokens (branch 0) followed by each continuation
+(branch c + 1), whose rotary positions continue from the end of the context. The attention
+mask (segments and branches, see solar_jax.model.attention) lets a continuation see its own
+context and itself only, so each continuation is scored exactly as if it alone followed
+the context (lm-eval's definition), while the context runs once. Documents are packed
+largest first into rows of a bucketed width, so rows carry almost no padding and a task
+compiles one program per width class (usually one).
+
+Continuation token t is predicted at the slot before it (the context's last token for
+t = 0); the LM head runs only at those slots.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from solar_jax.generate.engine import bucket
+from solar_jax.model.transformer import bind
+
+PACK_WIDTH = 256          # the narrowest row; short documents share it
+MAX_PACKED_TOKENS = 4096  # a longer document is scored one request per row instead
+TOKENS_PER_REQUEST = 128  # --batch-size B packs about B * 128 tokens into one forward
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One context with its continuations; `requests` are their indices in the caller's
+    list of requests, in the same order."""
+    requests: tuple[int, ...]
+    context: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]
+
+    @property
+    def length(self) -> int:
+        return len(self.context) + sum(len(c) for c in self.continuations)
+
+    @property
+    def n_targets(self) -> int:
+        return sum(len(c) for c in self.continuations)
+
+
+def width_for(doc: Doc) -> int:
+    return max(PACK_WIDTH, bucket(doc.length))
+
+
+def pack(docs: list[Doc], width: int) -> list[list[Doc]]:
+    """Rows of at most `width` tokens: each row starts with the longest document left and
+    is filled with the longest ones that still fit (first-fit decreasing, O(n log n))."""
+    order = sorted(docs, key=lambda d: d.length)
+    lengths = [d.length for d in order]
+    if lengths and lengths[-1] > width:
+        raise ValueError(f"a document of {lengths[-1]} tokens does not fit a row of {width}")
+    rows = []
+    while order:
+        lengths.pop()
+        row = [order.pop()]
+        room = width - row[0].length
+        while True:
+            i = bisect.bisect_right(lengths, room) - 1
+            if i < 0:
+                break
+            lengths.pop(i)
+            row.append(order.pop(i))
+            room -= row[-1].length
+        rows.append(row)
+    return rows
+
+
+def balanced_batches(rows: list, capacity: int) -> tuple[list[list], int]:
+    """Rows split into batches of one fixed size (one compiled shape) as even as possible:
+    the last batch is short by less than the number of batches."""
+    n_batches = -(-len(rows) // capacity)
+    size = -(-len(rows) // n_batches)
+    return [rows[i:i + size] for i in range(0, len(rows), size)], size
+
+
+@dataclass
+class PackedBatch:
+    tokens: np.ndarray       # [R, W]
+    segment_ids: np.ndarray  # [R, W] document within the row, from 1; 0 is padding
+    branch_ids: np.ndarray   # [R, W] 0 context, c + 1 continuation c
+    positions: np.ndarray    # [R, W]
+    at: np.ndarray           # [R, K] slot whose output predicts the target
+    targets: np.ndarray      # [R, K]
+    valid: np.ndarray        # [R, K]
+    owner: np.ndarray        # [R, K] request index of each target (-1: none)
+
+
+def layout(rows: list[list[Doc]], n_rows: int, width: int, n_targets: int) -> PackedBatch:
+    shape, tshape = (n_rows, width), (n_rows, n_targets)
+    b = PackedBatch(np.zeros(shape, np.int32), np.zeros(shape, np.int32),
+                    np.zeros(shape, np.int32), np.zeros(shape, np.int32),
+                    np.zeros(tshape, np.int32), np.zeros(tshape, np.int32),
+                    np.zeros(tshape, bool), np.full(tshape, -1, np.int64))
+    for r, row in enumerate(rows):
+        slot = k = 0
+        for seg, doc in enumerate(row, start=1):
+            n = len(doc.context)
+            b.tokens[r, slot:slot + n] = doc.context
+            b.segment_ids[r, slot:slot + n] = seg
+            b.positions[r, slot:slot + n] = np.arange(n)
+            last_context = slot + n - 1
+            slot += n
+            for c, (req, cont) in enumerate(zip(doc.requests, doc.continuations)):
+                m = len(cont)
+                b.tokens[r, slot:slot + m] = cont
+                b.segment_ids[r, slot:slot + m] = seg
+                b.branch_ids[r, slot:slot + m] = c + 1
+                b.positions[r, slot:slot + m] = np.arange(n, n + m)
+                b.at[r, k] = last_context
+                b.at[r, k + 1:k + m] = np.arange(slot, slot + m - 1)
+                b.targets[r, k:k + m] = cont
+                b.valid[r, k:k + m] = True
+                b.owner[r, k:k + m] = req
+                slot += m
+                k += m
+    return b
+
+
+def token_logprobs(logits, targets, mask):
+    """Each target's log-softmax (0 where not mask) and whether it is the argmax (True
+    where not mask)."""
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = jnp.where(mask, picked - logz, 0.0)
+    greedy = (jnp.argmax(logits, axis=-1) == targets) | ~mask
+    return logp, greedy
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def score_packed(config, params, tokens, segment_ids, branch_ids, positions, at, targets,
+                 valid):
+    """Per-target log-probabilities and greedy flags [R, K] of one packed batch."""
+    model = bind(config, params)
+    hidden = model.hidden_states(tokens, segment_ids, positions, branch_ids=branch_ids)
+    logits = model.logits(jnp.take_along_axis(hidden, at[..., None], axis=1))
+    return token_logprobs(logits, targets, valid)
+
+
+def score_docs(model, docs: list[Doc], batch_size: int, results: list, progress=None) -> None:
+    """Fill results[request] = (log-likelihood, is_greedy) for every continuation of every
+    document (each no longer than MAX_PACKED_TOKENS)."""
+    classes: dict[int, list[Doc]] = {}
+    for doc in docs:
+        classes.setdefault(width_for(doc), []).append(doc)
+    for width in sorted(classes, reverse=True):
+        rows = pack(classes[width], width)
+        capacity = max(1, batch_size * TOKENS_PER_REQUEST // width)
+        batches, n_rows = balanced_batches(rows, capacity)
+        n_targets = bucket(max(sum(d.n_targets for d in row) for row in rows), minimum=4)
+        for batch in batches:
+            b = layout(batch, n_rows, width, n_targets)
+            logp, greedy = score_packed(model.config, model.params, b.tokens, b.segment_ids,
+                                        b.branch_ids, b.positions, b.at, b.targets, b.valid)
+            logp, greedy = np.asarray(logp), np.asarray(greedy)
+            seen = b.owner >= 0
+            owners, which = np.unique(b.owner[seen], return_inverse=True)
+            lls = np.bincount(which, weights=logp[seen].astype(np.float64))
+            misses = np.bincount(which, weights=~greedy[seen])
+            for req, ll, miss in zip(owners.tolist(), lls.tolist(), misses.tolist()):
+                results[req] = (ll, miss == 0)
+            if progress is not None:
+                progress(len(owners))
