@@ -10,7 +10,7 @@ largest first into rows of a bucketed width, so rows carry almost no padding and
 compiles one program per width class (usually one).
 
 Continuation token t is predicted at the slot before it (the context's last token for
-t = 0); the LM head runs only at those slots.
+t = 0); the LM head runs only at those slots, gathered across the whole batch.
 """
 
 from __future__ import annotations
@@ -89,26 +89,27 @@ class PackedBatch:
     segment_ids: np.ndarray  # [R, W] document within the row, from 1; 0 is padding
     branch_ids: np.ndarray   # [R, W] 0 context, c + 1 continuation c
     positions: np.ndarray    # [R, W]
-    at: np.ndarray           # [R, K] slot whose output predicts the target
-    targets: np.ndarray      # [R, K]
-    valid: np.ndarray        # [R, K]
-    owner: np.ndarray        # [R, K] request index of each target (-1: none)
+    at: np.ndarray           # [T] slot (row * W + column) whose output predicts the target
+    targets: np.ndarray      # [T]
+    valid: np.ndarray        # [T]
+    owner: np.ndarray        # [T] request index of each target (-1: none)
 
 
 def layout(rows: list[list[Doc]], n_rows: int, width: int, n_targets: int) -> PackedBatch:
-    shape, tshape = (n_rows, width), (n_rows, n_targets)
+    shape, tshape = (n_rows, width), (n_targets,)
     b = PackedBatch(np.zeros(shape, np.int32), np.zeros(shape, np.int32),
                     np.zeros(shape, np.int32), np.zeros(shape, np.int32),
                     np.zeros(tshape, np.int32), np.zeros(tshape, np.int32),
                     np.zeros(tshape, bool), np.full(tshape, -1, np.int64))
+    k = 0
     for r, row in enumerate(rows):
-        slot = k = 0
+        slot = 0
         for seg, doc in enumerate(row, start=1):
             n = len(doc.context)
             b.tokens[r, slot:slot + n] = doc.context
             b.segment_ids[r, slot:slot + n] = seg
             b.positions[r, slot:slot + n] = np.arange(n)
-            last_context = slot + n - 1
+            last_context = r * width + slot + n - 1
             slot += n
             for c, (req, cont) in enumerate(zip(doc.requests, doc.continuations)):
                 m = len(cont)
@@ -116,11 +117,11 @@ def layout(rows: list[list[Doc]], n_rows: int, width: int, n_targets: int) -> Pa
                 b.segment_ids[r, slot:slot + m] = seg
                 b.branch_ids[r, slot:slot + m] = c + 1
                 b.positions[r, slot:slot + m] = np.arange(n, n + m)
-                b.at[r, k] = last_context
-                b.at[r, k + 1:k + m] = np.arange(slot, slot + m - 1)
-                b.targets[r, k:k + m] = cont
-                b.valid[r, k:k + m] = True
-                b.owner[r, k:k + m] = req
+                b.at[k] = last_context
+                b.at[k + 1:k + m] = r * width + np.arange(slot, slot + m - 1)
+                b.targets[k:k + m] = cont
+                b.valid[k:k + m] = True
+                b.owner[k:k + m] = req
                 slot += m
                 k += m
     return b
@@ -139,10 +140,11 @@ def token_logprobs(logits, targets, mask):
 @functools.partial(jax.jit, static_argnums=0)
 def score_packed(config, params, tokens, segment_ids, branch_ids, positions, at, targets,
                  valid):
-    """Per-target log-probabilities and greedy flags [R, K] of one packed batch."""
+    """Per-target log-probabilities and greedy flags [T] of one packed batch."""
     model = bind(config, params)
     hidden = model.hidden_states(tokens, segment_ids, positions, branch_ids=branch_ids)
-    logits = model.logits(jnp.take_along_axis(hidden, at[..., None], axis=1))
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    logits = model.logits(hidden[at][None])[0]
     return token_logprobs(logits, targets, valid)
 
 
@@ -156,7 +158,8 @@ def score_docs(model, docs: list[Doc], batch_size: int, results: list, progress=
         rows = pack(classes[width], width)
         capacity = max(1, batch_size * TOKENS_PER_REQUEST // width)
         batches, n_rows = balanced_batches(rows, capacity)
-        n_targets = bucket(max(sum(d.n_targets for d in row) for row in rows), minimum=4)
+        n_targets = bucket(max(sum(d.n_targets for row in batch for d in row)
+                               for batch in batches), minimum=4)
         for batch in batches:
             b = layout(batch, n_rows, width, n_targets)
             logp, greedy = score_packed(model.config, model.params, b.tokens, b.segment_ids,
