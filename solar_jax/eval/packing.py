@@ -54,7 +54,7 @@ def width_for(doc: Doc) -> int:
 
 def pack(docs: list[Doc], width: int) -> list[list[Doc]]:
     """Rows of at most `width` tokens: each row starts with the longest document left and
-    is filled with the longest ones that still fit (first-fit decreasing, O(n log n))."""
+    is filled with the longest ones that still fit (a binary search per placement)."""
     order = sorted(docs, key=lambda d: d.length)
     lengths = [d.length for d in order]
     if lengths and lengths[-1] > width:
