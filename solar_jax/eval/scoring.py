@@ -14,13 +14,14 @@
 
 Two batched, jitted paths compute exactly those numbers:
 
-* shared context (multiple choice: several continuations of one context): the context and
-  all its continuations share one packed row, the context runs once, and an attention mask
-  keeps each continuation from seeing the others (solar_jax.eval.packing). With short
-  answers this divides the work by the number of choices, and packing leaves almost no
-  padding;
-* plain rows (single requests, truncated ones, perplexity windows): one right-padded row
-  each; padding sits after the real tokens, so the causal mask alone keeps it out.
+* packed rows (every request that fits whole): requests are grouped by context, and a
+  context with all its continuations is one document of a packed row. The context runs
+  once, and an attention mask keeps each continuation from seeing the others
+  (solar_jax.eval.packing). For multiple choice with short answers this divides the work
+  by the number of choices, and packing leaves almost no padding;
+* plain rows (requests cut to max_length, documents over the packing cap): one
+  right-padded row each; padding sits after the real tokens, so the causal mask alone
+  keeps it out.
 
 Either way the LM head runs only at the positions that predict continuation tokens (the
 [tokens, vocab] logits are most of the memory and a fifth of the FLOPs of a small model).
@@ -134,11 +135,9 @@ class Scorer:
                 groups.setdefault(tuple(context), []).append(i)
             else:
                 singles.append(i)
-        shared = [g for g in groups.values() if len(g) > 1]
-        singles += [g[0] for g in groups.values() if len(g) == 1]
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         self._plain(requests, sorted(singles), results)
-        self._shared(requests, shared, results)
+        self._packed(requests, list(groups.values()), results)
         return results
 
     def _done(self, n: int) -> None:
@@ -172,7 +171,7 @@ class Scorer:
                     results[i] = (float(lls[r]), bool(greedy[r]))
                 self._done(len(batch))
 
-    def _shared(self, requests, groups: list[list[int]], results) -> None:
+    def _packed(self, requests, groups: list[list[int]], results) -> None:
         docs = [Doc(tuple(g), tuple(requests[g[0]][0]),
                     tuple(tuple(requests[i][1]) for i in g)) for g in groups]
         long = [doc for doc in docs if doc.length > MAX_PACKED_TOKENS]
