@@ -113,3 +113,21 @@ def test_registered_impl_is_used_by_the_model():
     out = solar_jax.Model(config, params)(ids)
     ref = solar_jax.Model(config.replace(attention_impl="xla"), params)(ids)
     assert calls and np.allclose(out, ref)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_slot_causal_attention_skips_only_invisible_keys(window):
+    """Left-padded rows (padding first, segment 0) and a packed row, in query blocks of 4
+    over 19 slots: real tokens get exactly what the full attention gives them."""
+    rng = np.random.default_rng(11)
+    b, s, h, kvh, d = 3, 19, 6, 2, 8
+    q, k, v = (rng.standard_normal((b, s, n, d)).astype(np.float32) for n in (h, kvh, kvh))
+    seg = np.array([[0] * 5 + [1] * 14, [1] * 19, [1] * 8 + [2] * 9 + [0] * 2])
+    pos = np.array([[0] * 5 + list(range(14)), list(range(19)),
+                    list(range(8)) + list(range(9)) + [0, 0]])
+    got = np.asarray(solar_jax.model.attention.slot_causal_attention(
+        q, k, v, seg, pos, sliding_window=window, block=4))
+    want = numpy_attention(q, k, v, seg, pos, True, window)
+    real = seg > 0
+    np.testing.assert_allclose(got[real], want[real], atol=2e-5, rtol=1e-5)
+    assert np.isfinite(got).all()

@@ -129,6 +129,28 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
                                 scale=scale)
 
 
+def slot_causal_attention(q, k, v, segment_ids, positions, *, sliding_window, scale=None,
+                          block: int = 256):
+    """Causal self-attention (XLA math) that skips the key blocks after each query block.
+
+    Valid only where no query may see a key at a later slot, i.e. positions increase with
+    the slot inside each segment (left-padded prompts, packed documents). Padding queries
+    (segment 0) then see fewer padding keys than `attention` would let them, which changes
+    only their own, unused outputs. Queries go in blocks of `block`; block i scores keys
+    [0, (i + 1) * block), about half the [S, S] scores and softmax work for long S."""
+    b, s, heads, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    outs = []
+    for start in range(0, s, block):
+        end = min(start + block, s)
+        mask = attention_mask(segment_ids[:, start:end], segment_ids[:, :end],
+                              positions[:, start:end], positions[:, :end], causal=True,
+                              sliding_window=sliding_window)
+        outs.append(head_major_attention(q[:, start:end], k[:, :end].transpose(0, 2, 1, 3),
+                                         v[:, :end].transpose(0, 2, 1, 3), mask, scale=scale))
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
 def cached_attention(q, k, v, mask, *, scale):
     """A few query rows against a KV cache (prefill, decode, choice scoring): q [batch,
     q_len, heads, head_dim], k/v [batch, kv_len, kv_heads, head_dim] as stored in the

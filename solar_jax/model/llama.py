@@ -24,7 +24,8 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from solar_jax.config import ModelConfig
-from solar_jax.model.attention import attention, attention_mask, cached_attention
+from solar_jax.model.attention import (attention, attention_mask, cached_attention,
+                                       slot_causal_attention)
 from solar_jax.model.layers import MLP, Embedding, Projection, RMSNorm
 from solar_jax.model.rotary import apply_rotary, rotary_tables
 
@@ -84,6 +85,14 @@ class Attention(nnx.Module):
         start = (layer, 0, index, 0, 0)
         k_all = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start)
         v_all = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start)
+        if isinstance(index, int) and index == 0:
+            # A prefill into an empty cache: every slot past the new tokens is empty, so
+            # attending over the new tokens alone gives the same numbers without scoring
+            # [S, max_len] (the cache is usually 1.5x longer than the prompt); prompts are
+            # left-padded, so no token sees a later slot and later key blocks are skipped.
+            out = slot_causal_attention(q, k, v, segment_ids, positions,
+                                        sliding_window=self.config.sliding_window)
+            return self.o_proj(out), cache._replace(k=k_all, v=v_all)
         mask = attention_mask(segment_ids, cache.segment_ids, positions, cache.positions,
                               causal=True, sliding_window=self.config.sliding_window)
         out = cached_attention(q, k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype),
