@@ -171,7 +171,9 @@ class CausalLM(nnx.Module):
         """A prefill or decode step over a KV cache: the new tokens [B, S] (with their
         segment ids, 0 for padding, and rotary positions) are written at cache slots
         [index, index + S) and attend to every non-empty slot allowed by the causal/window
-        mask. Returns the final normed hidden states [B, S, H] and the updated cache."""
+        mask. Returns the final normed hidden states [B, S, H] and the updated cache.
+        `index` given as the Python int 0 declares the cache empty (a fresh, left-padded
+        prefill): the new tokens then attend among themselves only."""
         segment_ids = segment_ids.astype(jnp.int32)
         positions = positions.astype(jnp.int32)
         cache = cache._replace(
