@@ -11,6 +11,7 @@ redirected under `out_dir` here.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def _train(config: str, out: Path, **paths) -> list[dict]:
 
     overrides = [f"{k.replace('__', '.')}={v}" for k, v in paths.items()] + ["progress=false"]
     cfg = load_train_config(DEMO_CONFIGS / config, overrides)
+    # Every stage starts over, as the import, upscale and merge stages overwrite: a run left
+    # by an earlier demo (older code or data) must not be resumed, which train refuses.
+    shutil.rmtree(cfg.run_dir, ignore_errors=True)
     train(cfg)
     lines = (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines]

@@ -419,3 +419,24 @@ def test_demo_without_shared_data_is_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(SolarError, match="tinyshakespeare.txt"):
         demo.split_data(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_stage_starts_over_in_a_stale_run_dir(tmp_path, monkeypatch):
+    """A second `make demo` (after the data or code changed) must not resume the first
+    demo's runs: each training stage clears its run_dir first."""
+    import solar_jax.train
+    from solar_jax import demo
+
+    stale = tmp_path / "runs" / "pretrain"
+    (stale / "checkpoints").mkdir(parents=True)
+    (stale / "checkpoints" / "from_an_older_demo").write_text("x")
+
+    def fake_train(cfg):
+        assert not (Path(cfg.run_dir) / "checkpoints").exists()
+        Path(cfg.run_dir).mkdir(parents=True)
+        (Path(cfg.run_dir) / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+
+    monkeypatch.setattr(solar_jax.train, "train", fake_train)
+    records = demo._train("pretrain.yaml", tmp_path, run_dir=stale, model=tmp_path,
+                          data__path=tmp_path / "text.txt")
+    assert records == [{"step": 1, "loss": 1.0}]
