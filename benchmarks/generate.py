@@ -13,7 +13,10 @@ The memory-bandwidth bound at batch 1: a decode step must read every weight once
 embedding serves as the LM head) plus the KV cache, so tokens/s <= bandwidth / bytes read.
 The bandwidth is measured here with a large numpy copy (read + write bytes per second).
 
-    .venv/bin/python benchmarks/generate.py [--new-tokens 64] [--batch-sizes 1 8]
+The time of the 1-token run is reported too: the prefill and first token, the cost that
+long prompts (--shots 5: 5-shot GSM8K size) put before the first streamed token.
+
+    .venv/bin/python benchmarks/generate.py [--new-tokens 64] [--batch-sizes 1 8] [--shots K]
 """
 
 from __future__ import annotations
@@ -56,17 +59,24 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def decode_rate(run, batch: int, new_tokens: int, repeats: int) -> float:
-    """Decode tokens/s (all rows), the prefill and first token subtracted."""
+def decode_rate(run, batch: int, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """(decode tokens/s of all rows with the prefill and first token subtracted, seconds
+    for the prefill and first token)."""
     full = best_of(lambda: run(new_tokens), repeats)
     first = best_of(lambda: run(1), repeats)
-    return batch * (new_tokens - 1) / max(full - first, 1e-9)
+    return batch * (new_tokens - 1) / max(full - first, 1e-9), first
 
 
-def prompt_ids(tok, batch: int) -> list[list[int]]:
-    """The first 8 GSM8K questions, repeated to fill the batch (same ids on both sides)."""
+def prompt_ids(tok, batch: int, shots: int = 0) -> list[list[int]]:
+    """The first 8 GSM8K questions, repeated to fill the batch (same ids on both sides).
+    shots > 0 prefixes each with that many solved problems (lines 100 on), in the
+    `Question: ...\nAnswer: ...` format of few-shot GSM8K, for long prompts."""
     with open(GSM8K) as f:
-        questions = [json.loads(line)["question"] for _, line in zip(range(8), f)]
+        records = [json.loads(line) for _, line in zip(range(100 + shots), f)]
+    prefix = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n"
+                     for r in records[100:100 + shots])
+    questions = [(f"{prefix}Question: {r['question']}\nAnswer:" if shots else r["question"])
+                 for r in records[:8]]
     return [tok.encode(q) for q in (questions * batch)[:batch]]
 
 
@@ -76,13 +86,13 @@ def measure_ours(model_dir: Path, args) -> dict[int, float]:
 
     ours = solar_jax.load_model(model_dir)
     tok = solar_jax.load_tokenizer(model_dir)
-    rates = {}
+    rates, first = {}, {}
     for batch in args.batch_sizes:
-        prompts = prompt_ids(tok, batch)
-        rates[batch] = decode_rate(
+        prompts = prompt_ids(tok, batch, args.shots)
+        rates[batch], first[batch] = decode_rate(
             lambda n: generate(ours, prompts, n, ignore_eos=True, chunk=args.chunk),
             batch, args.new_tokens, args.repeats)
-    return rates
+    return rates | {"first": first}
 
 
 def measure_theirs(model_dir: Path, args) -> dict[int, float]:
@@ -94,9 +104,9 @@ def measure_theirs(model_dir: Path, args) -> dict[int, float]:
     theirs = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     tok = load_tokenizer(model_dir)
     tok.padding_side = "left"
-    rates = {}
+    rates, first = {}, {}
     for batch in args.batch_sizes:
-        prompts = prompt_ids(tok, batch)
+        prompts = prompt_ids(tok, batch, args.shots)
         enc = tok([tok.decode(p) for p in prompts], return_tensors="pt", padding=True,
                   add_special_tokens=False)
 
@@ -105,8 +115,9 @@ def measure_theirs(model_dir: Path, args) -> dict[int, float]:
                 theirs.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                 pad_token_id=tok.pad_token_id or tok.eos_token_id)
 
-        rates[batch] = decode_rate(run, batch, args.new_tokens, args.repeats)
-    return rates | {"threads": torch.get_num_threads(), "torch": torch.__version__}
+        rates[batch], first[batch] = decode_rate(run, batch, args.new_tokens, args.repeats)
+    return rates | {"first": first, "threads": torch.get_num_threads(),
+                    "torch": torch.__version__}
 
 
 def run_side(side: str, model_dir: Path, args) -> dict:
@@ -116,10 +127,12 @@ def run_side(side: str, model_dir: Path, args) -> dict:
     out = model_dir.parent / f"{side}.json"
     cmd = [sys.executable, __file__, "--side", side, "--model-dir", str(model_dir),
            "--side-out", str(out), "--new-tokens", str(args.new_tokens), "--repeats",
-           str(args.repeats), "--chunk", str(args.chunk),
+           str(args.repeats), "--chunk", str(args.chunk), "--shots", str(args.shots),
            "--batch-sizes", *map(str, args.batch_sizes)]
     subprocess.run(cmd, check=True)
-    return {int(k) if k.isdigit() else k: v for k, v in json.loads(out.read_text()).items()}
+    rates = {int(k) if k.isdigit() else k: v for k, v in json.loads(out.read_text()).items()}
+    rates["first"] = {int(k): v for k, v in rates["first"].items()}
+    return rates
 
 
 def main() -> None:
@@ -129,6 +142,9 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=16, help="solar-jax tokens per device call")
+    ap.add_argument("--shots", type=int, default=0,
+                    help="prefix each prompt with this many solved GSM8K problems (long "
+                         "prompts: 5 gives ~800 tokens, the size of 5-shot GSM8K)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     ap.add_argument("--side", choices=["ours", "theirs"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -150,7 +166,8 @@ def main() -> None:
     model = solar_jax.load_model(model_dir)
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
     cfg = model.config
-    prompt_lens = {b: max(len(p) for p in prompt_ids(solar_jax.load_tokenizer(model_dir), b))
+    prompt_lens = {b: max(len(p) for p in prompt_ids(solar_jax.load_tokenizer(model_dir), b,
+                                                     args.shots))
                    for b in args.batch_sizes}
     del model
     bw = copy_bandwidth()
@@ -165,7 +182,8 @@ def main() -> None:
         bound = bw / (weight_bytes + kv) * batch
         mine, ref = ours[batch], theirs[batch]
         rows.append(dict(batch=batch, solar_jax=mine, transformers=ref, speedup=mine / ref,
-                         bound=bound, fraction=mine / bound))
+                         bound=bound, fraction=mine / bound, prompt_tokens=prompt_lens[batch],
+                         first_ours=ours["first"][batch], first_theirs=theirs["first"][batch]))
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"numpy copy bandwidth {bw / 1e9:.2f} GB/s")
@@ -178,6 +196,12 @@ def main() -> None:
     for r in rows:
         print(f"| {r['batch']} | {r['solar_jax']:.1f} | {r['transformers']:.1f} | "
               f"{r['speedup']:.2f}x | {r['bound']:.1f} | {r['fraction']:.0%} |")
+    print("\nPrefill and first token (seconds, best of the repeats):\n\n"
+          "| batch | longest prompt (tokens) | solar-jax s | transformers s | speedup |\n"
+          "|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['batch']} | {r['prompt_tokens']} | {r['first_ours']:.2f} | "
+              f"{r['first_theirs']:.2f} | {r['first_theirs'] / r['first_ours']:.2f}x |")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(bandwidth=bw, rows=rows), indent=1))
 

@@ -4,8 +4,8 @@ GGUF import -> depth up-scaling (30 -> 44 layers) -> continued pretraining on
 tinyshakespeare -> two SFT candidates on synthetic GSM8K math -> their linear merge ->
 DPO on synthetic math preference pairs -> evaluation (perplexity on held-out Shakespeare
 at every stage, few-shot GSM8K exact match on held-out problems before and after), then a
-summary table and a chat answer from the original and the final model. The stage configs are configs/demo/*.yaml; paths in them are
-redirected under `out_dir` here.
+summary table and a chat answer from the original and the final model. The stage configs
+are configs/demo/*.yaml; paths in them are redirected under `out_dir` here.
 """
 
 from __future__ import annotations

@@ -65,8 +65,8 @@ def _score_rows(config, params, tokens, starts, targets, n_targets):
 
 def _width_classes(items, length):
     """Items sorted longest first (as lm-eval) and split by bucketed length. Each class
-    gets one shape (its widest member's choice count and continuation span too), so a
-    task compiles about one program per length bucket."""
+    gets one shape (its widest member's continuation span too), so the plain rows compile
+    about one program per length bucket."""
     classes: dict[int, list] = {}
     for item in sorted(items, key=lambda x: -length(x)):
         classes.setdefault(bucket(length(item)), []).append(item)

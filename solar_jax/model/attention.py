@@ -152,7 +152,7 @@ def slot_causal_attention(q, k, v, segment_ids, positions, *, sliding_window, sc
 
 
 def cached_attention(q, k, v, mask, *, scale):
-    """A few query rows against a KV cache (prefill, decode, choice scoring): q [batch,
+    """A few query rows against a KV cache (a decode step): q [batch,
     q_len, heads, head_dim], k/v [batch, kv_len, kv_heads, head_dim] as stored in the
     cache, mask [batch, q_len, kv_len]. The GQA group is an einsum axis and the cache is
     read in its stored layout (a head-major cache was tried and decoded no faster on XLA's

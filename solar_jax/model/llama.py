@@ -36,8 +36,9 @@ class KVCache(NamedTuple):
     k, v: [layers, batch, max_len, kv_heads, head_dim], stacked on the layer axis like the
     params, so the layer scan carries the whole cache and each layer updates its own slice
     in place. (A head-major [.., kv_heads, max_len, ..] layout was tried: on XLA's CPU
-    backend it decoded no faster, at batch 1, batch 8 or long contexts.) segment_ids and positions ([batch, max_len], shared by all layers) describe
-    each slot for the attention mask: segment 0 marks an empty or padding slot, which is
+    backend it decoded no faster, at batch 1, batch 8 or long contexts.) segment_ids and
+    positions ([batch, max_len], shared by all layers) describe each slot for the
+    attention mask: segment 0 marks an empty or padding slot, which is
     never attended, and positions are the rotary positions the keys were written with.
     """
     k: jax.Array
