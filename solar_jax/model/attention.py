@@ -151,22 +151,6 @@ def slot_causal_attention(q, k, v, segment_ids, positions, *, sliding_window, sc
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
-def cached_attention(q, k, v, mask, *, scale):
-    """A few query rows against a KV cache (a decode step): q [batch,
-    q_len, heads, head_dim], k/v [batch, kv_len, kv_heads, head_dim] as stored in the
-    cache, mask [batch, q_len, kv_len]. The GQA group is an einsum axis and the cache is
-    read in its stored layout (a head-major cache was tried and decoded no faster on XLA's
-    CPU backend, in an A/B that was not kept as a benchmark)."""
-    b, q_len, heads, d = q.shape
-    kv_heads = k.shape[2]
-    qg = q.reshape(b, q_len, kv_heads, heads // kv_heads, d)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None, :, :], scores * scale, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, q_len, heads, d).astype(q.dtype)
-
-
 def head_major_attention(q, k, v, mask, *, scale):
     """XLA attention with K/V in head-major layout [batch, kv_heads, kv_len, head_dim] and
     a boolean mask [batch, q_len, kv_len]; q is [batch, q_len, heads, head_dim].

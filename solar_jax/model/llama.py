@@ -24,7 +24,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from solar_jax.config import ModelConfig
-from solar_jax.model.attention import (attention, attention_mask, cached_attention,
+from solar_jax.model.attention import (attention, attention_mask, head_major_attention,
                                        slot_causal_attention)
 from solar_jax.model.layers import MLP, Embedding, Projection, RMSNorm
 from solar_jax.model.rotary import apply_rotary, rotary_tables
@@ -33,10 +33,12 @@ from solar_jax.model.rotary import apply_rotary, rotary_tables
 class KVCache(NamedTuple):
     """Preallocated keys and values for incremental decoding.
 
-    k, v: [layers, batch, max_len, kv_heads, head_dim], stacked on the layer axis like the
+    k, v: [layers, batch, kv_heads, max_len, head_dim], stacked on the layer axis like the
     params, so the layer scan carries the whole cache and each layer updates its own slice
-    in place. (A head-major [.., kv_heads, max_len, ..] layout was tried: on XLA's CPU
-    backend it decoded no faster, at batch 1, batch 8 or long contexts.) segment_ids and
+    in place. Head-major, so a decode step reads a layer's keys and values as the batched
+    matmuls want them; the [.., max_len, kv_heads, ..] layout made XLA transpose the
+    layer's whole cache on every step (28% slower at batch 8 with 1,000-token prompts,
+    benchmarks/RESULTS.md). segment_ids and
     positions ([batch, max_len], shared by all layers) describe each slot for the
     attention mask: segment 0 marks an empty or padding slot, which is
     never attended, and positions are the rotary positions the keys were written with.
@@ -48,7 +50,7 @@ class KVCache(NamedTuple):
 
     @classmethod
     def init(cls, config: ModelConfig, batch: int, max_len: int) -> "KVCache":
-        shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
         dtype = jnp.dtype(config.compute_dtype)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                    jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((batch, max_len), jnp.int32))
@@ -83,9 +85,10 @@ class Attention(nnx.Module):
         # mask (defined on positions) hides them, so one compiled shape serves every step.
         # Always the XLA math: a prefill or decode step is a few query rows against a long
         # cache, which fused training kernels do not target (and cuDNN takes no segments).
-        start = (layer, 0, index, 0, 0)
-        k_all = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start)
-        v_all = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start)
+        start = (layer, 0, 0, index, 0)
+        head_major = lambda x, like: x.transpose(0, 2, 1, 3)[None].astype(like.dtype)  # noqa: E731
+        k_all = jax.lax.dynamic_update_slice(cache.k, head_major(k, cache.k), start)
+        v_all = jax.lax.dynamic_update_slice(cache.v, head_major(v, cache.v), start)
         if isinstance(index, int) and index == 0:
             # A prefill into an empty cache: every slot past the new tokens is empty, so
             # attending over the new tokens alone gives the same numbers without scoring
@@ -96,8 +99,9 @@ class Attention(nnx.Module):
             return self.o_proj(out), cache._replace(k=k_all, v=v_all)
         mask = attention_mask(segment_ids, cache.segment_ids, positions, cache.positions,
                               causal=True, sliding_window=self.config.sliding_window)
-        out = cached_attention(q, k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype),
-                               mask, scale=self.config.head_dim ** -0.5)
+        out = head_major_attention(q, k_all[layer].astype(q.dtype),
+                                   v_all[layer].astype(q.dtype), mask,
+                                   scale=self.config.head_dim ** -0.5)
         return self.o_proj(out), cache._replace(k=k_all, v=v_all)
 
 
