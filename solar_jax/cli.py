@@ -1,7 +1,8 @@
 """`solar-jax <command>`: each command parses flags and calls the Python API.
 
 User errors (SolarError) print one line `error: ...` and exit 2; anything else is a bug
-and keeps its traceback.
+and keeps its traceback. Compiled programs are kept on disk between runs
+(solar_jax.compile_cache; SOLAR_JAX_COMPILE_CACHE=off turns that off).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from solar_jax import compile_cache
 from solar_jax.errors import SolarError
 
 COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "generate", "chat",
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        compile_cache.enable()
         args.func(args)
     except SolarError as e:
         print(f"error: {e}", file=sys.stderr)

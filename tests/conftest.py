@@ -14,6 +14,9 @@ DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# In-process CLI calls would otherwise turn on the persistent compilation cache for the
+# rest of the session and write to the user's ~/.cache (test_generate covers the cache).
+os.environ.setdefault("SOLAR_JAX_COMPILE_CACHE", "off")
 
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

@@ -64,6 +64,116 @@ def test_kv_cache_greedy_equals_full_forward(preset, chunks):
         assert all(o.finish == "length" for o in out)
 
 
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-mistral"])
+def test_unrolled_cpu_decode_equals_scanned_decode(preset):
+    """The CPU decode path (layers unrolled over per-layer weight views, one KV buffer per
+    layer) computes what the scanned path computes, greedy and sampled."""
+    from solar_jax.generate.engine import Decoder
+
+    config = solar_jax.ModelConfig.from_preset(preset)
+    model = solar_jax.Model(config, solar_jax.init_params(config, seed=3))
+    prompts = _prompts((4, 17), seed=5)
+
+    def run(unroll, **sampling):
+        decoder = Decoder(model, prompts, 12, sampler=Sampler(**sampling), seed=1,
+                          end_ids=(), pad_id=0, chunk=5, unroll_layers=unroll)
+        assert (decoder._layers is not None) == unroll
+        chunks = [decoder.start()]
+        while decoder.generated < 12:
+            chunks.append(decoder.next())
+        if unroll:
+            assert isinstance(decoder.state.cache.k, tuple)
+            assert len(decoder.state.cache.k) == config.num_layers
+        return np.concatenate(chunks, axis=1)
+
+    np.testing.assert_array_equal(run(True), run(False))
+    hot = dict(temperature=1.0, top_k=30)
+    np.testing.assert_array_equal(run(True, **hot), run(False, **hot))
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-mistral"])
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_cached_chunks_equal_the_full_forward(preset, per_layer):
+    """A prefill, then a multi-token chunk and single tokens into the non-empty cache (the
+    step attends over the cache as it was plus its own keys, then writes them), give the
+    full forward's logits; with the stacked cache and with one buffer per layer."""
+    from solar_jax.model.llama import KVCache
+    from solar_jax.model.transformer import bind, bind_block, forward
+
+    config = solar_jax.ModelConfig.from_preset(preset)  # tiny-mistral: window 8
+    params = solar_jax.init_params(config, seed=4)
+    ids = np.asarray(_prompts((14,), seed=9)[0], np.int32)[None]
+    want = np.asarray(forward(config, params, ids))
+    model = bind(config, params)
+    cache = KVCache.init(config, 1, 24)
+    blocks = None
+    if per_layer:
+        cache = cache._replace(k=tuple(cache.k), v=tuple(cache.v))
+        blocks = [bind_block(config, jax.tree.map(lambda a, i=i: a[i], params["layers"]))
+                  for i in range(config.num_layers)]
+    got = []
+    for start, end in ((0, 5), (5, 9), (9, 10), (10, 11), (11, 14)):
+        chunk = ids[:, start:end]
+        index = 0 if start == 0 else jax.numpy.int32(start)
+        hidden, cache = model.hidden_states_cached(
+            chunk, np.ones_like(chunk), np.arange(start, end)[None], cache, index,
+            blocks=blocks)
+        got.append(np.asarray(model.logits(hidden)))
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=2e-5, rtol=1e-5)
+
+
+def test_prompt_bucket_pads_under_an_eighth():
+    from solar_jax.generate.engine import prompt_bucket
+
+    widths = [prompt_bucket(n) for n in range(1, 5000)]
+    assert all(w >= n for n, w in zip(range(1, 5000), widths))
+    assert all(w - n < max(n / 8, 8) for n, w in zip(range(1, 5000), widths) if n > 16)
+    assert widths == sorted(widths) and prompt_bucket(1) == 16
+    assert prompt_bucket(1091) == 1152 and prompt_bucket(1024) == 1024
+    assert len(set(widths[1024:2047])) == 8  # 8 compiled widths per octave
+
+
+def test_layer_views_alias_the_stack_or_decline(tiny):
+    from solar_jax.generate.engine import layer_views
+
+    views = layer_views(tiny.params)
+    stacked = jax.tree.leaves(tiny.params["layers"])
+    for layer, view in enumerate(views):
+        for base, leaf in zip(stacked, jax.tree.leaves(view)):
+            assert leaf.unsafe_buffer_pointer() == (base.unsafe_buffer_pointer()
+                                                    + layer * leaf.nbytes)  # no copy
+            np.testing.assert_array_equal(np.asarray(leaf), np.asarray(base[layer]))
+    # A layer slice XLA could not alias (20 bytes, not 64-aligned) is declined, not copied.
+    assert layer_views({"layers": {"w": jax.numpy.zeros((3, 5))}}) is None
+    with pytest.raises(SolarError, match="one CPU device"):
+        from solar_jax.generate.engine import Decoder
+        odd = solar_jax.Model(tiny.config, {**tiny.params,
+                                            "layers": {"w": jax.numpy.zeros((3, 5))}})
+        Decoder(odd, [[1]], 2, sampler=Sampler(), seed=0, end_ids=(), pad_id=0, chunk=1,
+                unroll_layers=True)
+
+
+def test_compile_cache_dir_and_switch(tmp_path, monkeypatch):
+    import subprocess
+
+    from solar_jax import compile_cache
+
+    monkeypatch.setenv("SOLAR_JAX_COMPILE_CACHE", "off")
+    assert compile_cache.cache_dir() is None and compile_cache.enable() is None
+    monkeypatch.setenv("SOLAR_JAX_COMPILE_CACHE", str(tmp_path / "c"))
+    assert compile_cache.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("SOLAR_JAX_COMPILE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache.cache_dir() == tmp_path / "xdg" / "solar-jax" / "xla"
+    # In a fresh process (the setting is process-wide): enable() makes JAX write there.
+    code = ("import jax, jax.numpy as jnp; from solar_jax import compile_cache; "
+            f"compile_cache.enable({str(tmp_path / 'd')!r}); "
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+            "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert any((tmp_path / "d").iterdir())
+
+
 def test_end_token_stops_a_row(tiny):
     prompt = _prompts((6,))[0]
     free = generate(tiny, [prompt], 12, ignore_eos=True)[0].tokens

@@ -14,9 +14,20 @@ Two compiled functions do the work:
   every row is done), so the host is involved once per chunk: chunk=1 streams token by
   token, larger chunks amortize dispatch.
 
-Shapes are bucketed (prompt length and cache length) so a session compiles a handful of
-programs, and the cache is donated between steps so XLA updates it in place. The random
-key of step s is fold_in(seed, s), so sampled output does not depend on the chunk size.
+Shapes are bucketed (the prompt width finely, since the prefill's cost follows it; the
+cache length coarsely, since each cache length compiles a decode loop) so a session
+compiles a handful of programs, and the cache is donated between steps so XLA updates it
+in place. The random key of step s is fold_in(seed, s), so sampled output does not depend
+on the chunk size.
+
+On CPU the decode loop runs the layers unrolled over per-layer views of the stacked
+weights (`layer_views`), and the prefill hands it the KV cache as one buffer per layer:
+XLA's CPU backend copies a scanned layer's weights out of the stack before every matmul
+(and a layer's cache out of the stacked cache before attention), which at batch 1 moves
+the weights three times per token instead of once. The unrolled program takes ~3x longer
+to compile, which the CLI's persistent compilation cache pays once per shape. Elsewhere
+(GPU, TPU, sharded weights) the loop scans the stack, whose slices those backends read in
+place.
 """
 
 from __future__ import annotations
@@ -29,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from solar_jax.config import ModelConfig
+from solar_jax.errors import SolarError
 from solar_jax.generate.sampling import Sampler
 from solar_jax.model.llama import KVCache
-from solar_jax.model.transformer import bind
+from solar_jax.model.transformer import bind, bind_block
 
 
 class DecodeState(NamedTuple):
@@ -53,14 +65,55 @@ def bucket(n: int, minimum: int = 16) -> int:
     return size
 
 
+# XLA:CPU aliases a host buffer only at this alignment (it copies otherwise).
+_CPU_ALIGNMENT = 64
+
+
+def prompt_bucket(n: int, minimum: int = 16) -> int:
+    """The prefill width for a longest prompt of n tokens: n rounded up to a multiple of
+    1/8 of its power of two (8 widths per octave, under 12.5% padding). The prefill's cost
+    grows with its width, so `bucket`'s up to 50% padding would cost up to 1.5x (a
+    1,091-token prompt filled 1,536 slots); a new width costs one prefill compile."""
+    if n <= minimum:
+        return minimum
+    step = max(1 << (n.bit_length() - 4), 8)
+    return -(-n // step) * step
+
+
 def _is_end(tokens, end_ids):
     return jnp.any(tokens[:, None] == end_ids[None, :], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(5,))
-def _prefill(config: ModelConfig, sampler: Sampler, params, input_ids, lengths, cache, key,
-             end_ids):
+def layer_views(params) -> tuple[dict, ...] | None:
+    """params["layers"] as one dict per layer, aliasing the stacked buffers (no copy), or
+    None where that is not possible: weights not on one CPU device, or slices XLA would
+    copy. On CPU, device_put of a numpy view of a layer's slice shares the stack's memory,
+    so the model is not held twice."""
+    stacked = params["layers"]
+    leaves = jax.tree.leaves(stacked)
+    if not all(isinstance(x, jax.Array) and len(x.devices()) == 1
+               and next(iter(x.devices())).platform == "cpu" for x in leaves):
+        return None
+    if any((x.nbytes // x.shape[0]) % _CPU_ALIGNMENT for x in leaves):
+        return None  # a misaligned slice would be copied, not aliased
+    device = next(iter(leaves[0].devices()))
+    host = jax.tree.map(np.asarray, stacked)  # zero-copy views of the device buffers
+    views = tuple(jax.tree.map(lambda a: jax.device_put(a[layer], device), host)
+                  for layer in range(leaves[0].shape[0]))
+    for base, last in zip(leaves, jax.tree.leaves(views[-1])):
+        offset = last.unsafe_buffer_pointer() - base.unsafe_buffer_pointer()
+        if offset != (base.shape[0] - 1) * last.nbytes:  # copied after all: do not keep
+            return None
+    return views
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _prefill(config: ModelConfig, sampler: Sampler, cache_len: int, per_layer: bool, params,
+             input_ids, lengths, key, end_ids):
+    """A fresh cache of cache_len slots, filled with the prompts. per_layer: hand the decode
+    loop the cache as one buffer per layer (see layer_views)."""
     batch, width = input_ids.shape
+    cache = KVCache.init(config, batch, cache_len)
     pad = width - lengths                                   # left padding per row
     slots = jnp.arange(width, dtype=jnp.int32)[None, :]
     segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
@@ -69,23 +122,28 @@ def _prefill(config: ModelConfig, sampler: Sampler, params, input_ids, lengths, 
     hidden, cache = model.hidden_states_cached(input_ids, segment_ids, positions, cache, 0)
     logits = model.logits(hidden[:, -1:])[:, 0]
     first = sampler(logits, jax.random.fold_in(key, 0))
+    if per_layer:
+        cache = cache._replace(k=tuple(cache.k), v=tuple(cache.v))
     state = DecodeState(cache, first, lengths, jnp.int32(width), jnp.int32(1),
                         _is_end(first, end_ids), key)
     return state, first
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
-def _decode(config: ModelConfig, sampler: Sampler, chunk: int, params, state: DecodeState,
-            steps, end_ids, pad_id):
-    """Up to min(chunk, steps) tokens per row; rows already done emit pad_id."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(5,))
+def _decode(config: ModelConfig, sampler: Sampler, chunk: int, params, layers,
+            state: DecodeState, steps, end_ids, pad_id):
+    """Up to min(chunk, steps) tokens per row; rows already done emit pad_id. `layers`:
+    per-layer weights (layer_views) for an unrolled layer loop, or None to scan."""
     batch = state.tokens.shape[0]
     ones = jnp.ones((batch, 1), jnp.int32)
 
     def body(carry):
         state, out, i = carry
         model = bind(config, params)  # NNX modules may not cross into the loop's trace
+        blocks = None if layers is None else [bind_block(config, p) for p in layers]
         hidden, cache = model.hidden_states_cached(
-            state.tokens[:, None], ones, state.positions[:, None], state.cache, state.index)
+            state.tokens[:, None], ones, state.positions[:, None], state.cache, state.index,
+            blocks=blocks)
         logits = model.logits(hidden)[:, 0]
         token = sampler(logits, jax.random.fold_in(state.key, state.step))
         token = jnp.where(state.done, pad_id, token)
@@ -110,13 +168,17 @@ class Decoder:
 
     def __init__(self, model, prompts: list[list[int]], max_new_tokens: int, *,
                  sampler: Sampler, seed: int, end_ids: tuple[int, ...], pad_id: int,
-                 chunk: int):
+                 chunk: int, unroll_layers: bool | None = None):
         self.model, self.sampler, self.chunk = model, sampler, chunk
+        # Held for this batch only: no views outlive the generation that asked for them.
+        self._layers = layer_views(model.params) if unroll_layers in (None, True) else None
+        if unroll_layers and self._layers is None:
+            raise SolarError("unroll_layers needs the model's weights on one CPU device")
         self.max_new_tokens = max_new_tokens
         self.end_ids = jnp.asarray(end_ids or (-1,), jnp.int32)
         self.pad_id = jnp.int32(pad_id)
         lengths = np.array([len(p) for p in prompts], np.int32)
-        width = bucket(int(lengths.max()))
+        width = prompt_bucket(int(lengths.max()))
         ids = np.full((len(prompts), width), pad_id, np.int32)
         for row, prompt in enumerate(prompts):
             ids[row, width - len(prompt):] = prompt
@@ -128,11 +190,10 @@ class Decoder:
         self._done = np.zeros(len(prompts), bool)
 
     def start(self) -> np.ndarray:
-        cfg = self.model.config
-        cache = KVCache.init(cfg, len(self._ids), self._cache_len)
-        self.state, first = _prefill(cfg, self.sampler, self.model.params,
+        self.state, first = _prefill(self.model.config, self.sampler, self._cache_len,
+                                     self._layers is not None, self.model.params,
                                      jnp.asarray(self._ids), jnp.asarray(self._lengths),
-                                     cache, self._key, self.end_ids)
+                                     self._key, self.end_ids)
         self.generated = 1
         self._done = np.asarray(self.state.done)
         return np.asarray(first)[:, None]
@@ -140,8 +201,8 @@ class Decoder:
     def next(self) -> np.ndarray:
         steps = jnp.int32(self.max_new_tokens - self.generated)
         self.state, out, n = _decode(self.model.config, self.sampler, self.chunk,
-                                     self.model.params, self.state, steps, self.end_ids,
-                                     self.pad_id)
+                                     self.model.params, self._layers, self.state, steps,
+                                     self.end_ids, self.pad_id)
         n = int(n)
         self.generated += n
         self._done = np.asarray(self.state.done)

@@ -24,7 +24,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from solar_jax.config import ModelConfig
-from solar_jax.model.attention import (attention, attention_mask, head_major_attention,
+from solar_jax.model.attention import (attention, attention_mask, cache_step_attention,
                                        slot_causal_attention)
 from solar_jax.model.layers import MLP, Embedding, Projection, RMSNorm
 from solar_jax.model.rotary import apply_rotary, rotary_tables
@@ -80,29 +80,58 @@ class Attention(nnx.Module):
                             sliding_window=self.config.sliding_window,
                             impl=self.config.attention_impl, branch_ids=branch_ids)
             return self.o_proj(out)
-        # Write this step's keys/values at slots [index, index + seq) of this layer, then
-        # attend over the whole preallocated cache; empty slots carry segment 0 and the
+        # Attend over the whole preallocated cache plus this step's keys, then write them at
+        # slots [index, index + seq) of this layer. Empty slots carry segment 0 and the
         # mask (defined on positions) hides them, so one compiled shape serves every step.
         # Always the XLA math: a prefill or decode step is a few query rows against a long
         # cache, which fused training kernels do not target (and cuDNN takes no segments).
-        start = (layer, 0, 0, index, 0)
-        head_major = lambda x, like: x.transpose(0, 2, 1, 3)[None].astype(like.dtype)  # noqa: E731
-        k_all = jax.lax.dynamic_update_slice(cache.k, head_major(k, cache.k), start)
-        v_all = jax.lax.dynamic_update_slice(cache.v, head_major(v, cache.v), start)
+        window = self.config.sliding_window
         if isinstance(index, int) and index == 0:
             # A prefill into an empty cache: every slot past the new tokens is empty, so
             # attending over the new tokens alone gives the same numbers without scoring
             # [S, max_len] (the cache is usually 1.5x longer than the prompt); prompts are
             # left-padded, so no token sees a later slot and later key blocks are skipped.
             out = slot_causal_attention(q, k, v, segment_ids, positions,
-                                        sliding_window=self.config.sliding_window)
-            return self.o_proj(out), cache._replace(k=k_all, v=v_all)
-        mask = attention_mask(segment_ids, cache.segment_ids, positions, cache.positions,
-                              causal=True, sliding_window=self.config.sliding_window)
-        out = head_major_attention(q, k_all[layer].astype(q.dtype),
-                                   v_all[layer].astype(q.dtype), mask,
-                                   scale=self.config.head_dim ** -0.5)
-        return self.o_proj(out), cache._replace(k=k_all, v=v_all)
+                                        sliding_window=window)
+        else:
+            # The cache as it was before this step (its slots [index, index + seq) hidden)
+            # plus this step's own keys; see cache_step_attention.
+            slots = jnp.arange(cache.segment_ids.shape[1])
+            stale = (slots >= index) & (slots < index + x.shape[1])
+            cache_mask = attention_mask(segment_ids, cache.segment_ids, positions,
+                                        cache.positions, causal=True,
+                                        sliding_window=window) & ~stale[None, None, :]
+            new_mask = attention_mask(segment_ids, segment_ids, positions, positions,
+                                      causal=True, sliding_window=window)
+            out = cache_step_attention(q, cache.k[layer].astype(q.dtype),
+                                       cache.v[layer].astype(q.dtype), cache_mask, k, v,
+                                       new_mask, scale=self.config.head_dim ** -0.5)
+            # Make the write below depend on the read above, so XLA may write in place:
+            # unordered, XLA:CPU copied the layer's whole cache on every step (twice at
+            # batch 1), and lax.optimization_barrier does not survive its pipeline. x * 0
+            # is not folded for floats (NaN semantics), so the dependency stays; it changes
+            # nothing unless the output is already NaN.
+            tie = (out[:, :1, :1, :1] * 0).astype(k.dtype)
+            k, v = k + tie, v + tie
+        cache = cache._replace(k=_write_layer(cache.k, k, layer, index),
+                               v=_write_layer(cache.v, v, layer, index))
+        return self.o_proj(out), cache
+
+
+def _write_layer(buffers, new, layer, index):
+    """Writes this step's keys or values [B, S, kv_heads, D] at slots [index, index + S) of
+    layer `layer` and returns the updated buffers: the stacked [L, B, kv_heads, max_len, D]
+    array, or a tuple of per-layer arrays (the unrolled CPU decode, where reading a layer
+    out of the stack would copy it on every step) indexed by a Python int."""
+    new = new.transpose(0, 2, 1, 3)
+    if isinstance(buffers, tuple):
+        if not isinstance(layer, int):
+            raise TypeError("a per-layer KV cache needs the layer index as a Python int")
+        mine = jax.lax.dynamic_update_slice(buffers[layer], new.astype(buffers[layer].dtype),
+                                            (0, 0, index, 0))
+        return buffers[:layer] + (mine,) + buffers[layer + 1:]
+    return jax.lax.dynamic_update_slice(buffers, new[None].astype(buffers.dtype),
+                                        (layer, 0, 0, index, 0))
 
 
 class DecoderBlock(nnx.Module):
@@ -172,13 +201,18 @@ class CausalLM(nnx.Module):
             return normed, jnp.concatenate([inputs, x[None]], axis=0)
         return normed
 
-    def hidden_states_cached(self, input_ids, segment_ids, positions, cache: KVCache, index):
+    def hidden_states_cached(self, input_ids, segment_ids, positions, cache: KVCache, index,
+                             blocks=None):
         """A prefill or decode step over a KV cache: the new tokens [B, S] (with their
         segment ids, 0 for padding, and rotary positions) are written at cache slots
         [index, index + S) and attend to every non-empty slot allowed by the causal/window
         mask. Returns the final normed hidden states [B, S, H] and the updated cache.
         `index` given as the Python int 0 declares the cache empty (a fresh, left-padded
-        prefill): the new tokens then attend among themselves only."""
+        prefill): the new tokens then attend among themselves only.
+
+        blocks: the layers as separate modules (one per layer, over per-layer weights),
+        applied in an unrolled loop instead of scanning self.layers; see
+        solar_jax.generate.engine.layer_views for why decoding on CPU wants that."""
         segment_ids = segment_ids.astype(jnp.int32)
         positions = positions.astype(jnp.int32)
         cache = cache._replace(
@@ -193,6 +227,10 @@ class CausalLM(nnx.Module):
                              index=index)
             return h, cache, layer + 1
 
+        if blocks is not None:
+            for layer, block in enumerate(blocks):
+                x, cache, _ = step(block, (x, cache, layer))
+            return self.final_norm(x), cache
         scan = nnx.scan(step, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
         x, cache, _ = scan(self.layers, (x, cache, jnp.int32(0)))
         return self.final_norm(x), cache

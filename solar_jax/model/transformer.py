@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from solar_jax.config import ModelConfig
-from solar_jax.model.llama import CausalLM
+from solar_jax.model.llama import CausalLM, DecoderBlock
 
 
 @functools.lru_cache(maxsize=32)
@@ -22,6 +22,11 @@ def _abstract(config: ModelConfig):
     abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     return graphdef, state
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_block(config: ModelConfig):
+    return nnx.split(nnx.eval_shape(lambda: DecoderBlock(config, rngs=nnx.Rngs(0))))
 
 
 def abstract_params(config: ModelConfig) -> dict:
@@ -63,6 +68,15 @@ def bind(config: ModelConfig, params: dict) -> CausalLM:
     graphdef, state = _abstract(config)
     state = jax.tree.map(lambda x: x, state)  # a fresh State to fill in
     nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def bind_block(config: ModelConfig, layer_params: dict) -> DecoderBlock:
+    """One decoder layer as an NNX module over `layer_params` (one layer's slice of
+    params["layers"], without the layer axis)."""
+    graphdef, state = _abstract_block(config)
+    state = jax.tree.map(lambda x: x, state)
+    nnx.replace_by_pure_dict(state, layer_params)
     return nnx.merge(graphdef, state)
 
 
