@@ -187,7 +187,7 @@ def cache_step_attention(q, k_cache, v_cache, cache_mask, k_new, v_new, new_mask
     a 60 ms step at batch 1 with a 1,536-slot cache). Reading the old cache leaves the
     update a single in-place write."""
     b, q_len, heads, d = q.shape
-    kv_heads, kv_len = k_cache.shape[1], k_cache.shape[2]
+    kv_heads = k_cache.shape[1]
     group = heads // kv_heads
     qt = (q.reshape(b, q_len, kv_heads, group, d).transpose(0, 2, 3, 1, 4)
           .reshape(b, kv_heads, group * q_len, d))

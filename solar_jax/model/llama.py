@@ -38,10 +38,11 @@ class KVCache(NamedTuple):
     in place. Head-major, so a decode step reads a layer's keys and values as the batched
     matmuls want them; the [.., max_len, kv_heads, ..] layout made XLA transpose the
     layer's whole cache on every step (28% slower at batch 8 with 1,000-token prompts,
-    benchmarks/RESULTS.md). segment_ids and
-    positions ([batch, max_len], shared by all layers) describe each slot for the
-    attention mask: segment 0 marks an empty or padding slot, which is
-    never attended, and positions are the rotary positions the keys were written with.
+    benchmarks/RESULTS.md). The unrolled CPU decode holds k and v as tuples of per-layer
+    [batch, kv_heads, max_len, head_dim] arrays instead (solar_jax.generate.engine).
+    segment_ids and positions ([batch, max_len], shared by all layers) describe each slot
+    for the attention mask: segment 0 marks an empty or padding slot, which is never
+    attended, and positions are the rotary positions the keys were written with.
     """
     k: jax.Array
     v: jax.Array
