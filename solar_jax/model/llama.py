@@ -33,13 +33,15 @@ from solar_jax.model.rotary import apply_rotary, rotary_tables
 class KVCache(NamedTuple):
     """Preallocated keys and values for incremental decoding.
 
-    k, v: [layers, batch, kv_heads, max_len, head_dim], stacked on the layer axis like the
-    params, so the layer scan carries the whole cache and each layer updates its own slice
-    in place. Head-major, so a decode step reads a layer's keys and values as the batched
-    matmuls want them; the [.., max_len, kv_heads, ..] layout made XLA transpose the
-    layer's whole cache on every step (28% slower at batch 8 with 1,000-token prompts,
-    benchmarks/RESULTS.md). The unrolled CPU decode holds k and v as tuples of per-layer
-    [batch, kv_heads, max_len, head_dim] arrays instead (solar_jax.generate.engine).
+    k: [layers, batch, kv_heads, head_dim, max_len]; v: [layers, batch, kv_heads, max_len,
+    head_dim]. Stacked on the layer axis like the params, so the layer scan carries the
+    whole cache and each layer updates its own slice in place. Laid out so a decode step's
+    two products are plain (non-transposed) batched matmuls, q @ K and p @ V: the
+    [.., max_len, kv_heads, ..] layout made XLA transpose the layer's whole cache on every
+    step (28% slower at batch 8 with 1,000-token prompts), and keys stored [max_len,
+    head_dim] made XLA:CPU's q @ K^T take twice as long as p @ V (benchmarks/RESULTS.md).
+    The unrolled CPU decode holds k and v as tuples of per-layer arrays instead
+    (solar_jax.generate.engine).
     segment_ids and positions ([batch, max_len], shared by all layers) describe each slot
     for the attention mask: segment 0 marks an empty or padding slot, which is never
     attended, and positions are the rotary positions the keys were written with.
@@ -51,9 +53,10 @@ class KVCache(NamedTuple):
 
     @classmethod
     def init(cls, config: ModelConfig, batch: int, max_len: int) -> "KVCache":
-        shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
+        values = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
+        keys = values[:3] + (config.head_dim, max_len)
         dtype = jnp.dtype(config.compute_dtype)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+        return cls(jnp.zeros(keys, dtype), jnp.zeros(values, dtype),
                    jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((batch, max_len), jnp.int32))
 
 
@@ -114,25 +117,27 @@ class Attention(nnx.Module):
             # nothing unless the output is already NaN.
             tie = (out[:, :1, :1, :1] * 0).astype(k.dtype)
             k, v = k + tie, v + tie
-        cache = cache._replace(k=_write_layer(cache.k, k, layer, index),
-                               v=_write_layer(cache.v, v, layer, index))
+        cache = cache._replace(
+            k=_write_layer(cache.k, k.transpose(0, 2, 3, 1), layer, index, slot_axis=3),
+            v=_write_layer(cache.v, v.transpose(0, 2, 1, 3), layer, index, slot_axis=2))
         return self.o_proj(out), cache
 
 
-def _write_layer(buffers, new, layer, index):
-    """Writes this step's keys or values [B, S, kv_heads, D] at slots [index, index + S) of
-    layer `layer` and returns the updated buffers: the stacked [L, B, kv_heads, max_len, D]
-    array, or a tuple of per-layer arrays (the unrolled CPU decode, where reading a layer
-    out of the stack would copy it on every step) indexed by a Python int."""
-    new = new.transpose(0, 2, 1, 3)
+def _write_layer(buffers, new, layer, index, *, slot_axis: int):
+    """Writes this step's keys [B, kv_heads, D, S] or values [B, kv_heads, S, D] at slots
+    [index, index + S) (along `slot_axis` of a layer's buffer) of layer `layer`, and
+    returns the updated buffers: the stacked [L, ...] array, or a tuple of per-layer arrays
+    (the unrolled CPU decode, where reading a layer out of the stack would copy it on every
+    step) indexed by a Python int."""
+    start = tuple(index if axis == slot_axis else 0 for axis in range(new.ndim))
     if isinstance(buffers, tuple):
         if not isinstance(layer, int):
             raise TypeError("a per-layer KV cache needs the layer index as a Python int")
         mine = jax.lax.dynamic_update_slice(buffers[layer], new.astype(buffers[layer].dtype),
-                                            (0, 0, index, 0))
+                                            start)
         return buffers[:layer] + (mine,) + buffers[layer + 1:]
     return jax.lax.dynamic_update_slice(buffers, new[None].astype(buffers.dtype),
-                                        (layer, 0, 0, index, 0))
+                                        (layer, *start))
 
 
 class DecoderBlock(nnx.Module):
