@@ -39,12 +39,28 @@ def cache_dir() -> Path | None:
 
 def enable(path: str | os.PathLike | None = None) -> Path | None:
     """Point JAX's persistent compilation cache at `path` (default: `cache_dir()`).
-    Returns the directory, or None when turned off. Creating the directory is left to
-    JAX, which writes entries atomically, so concurrent runs may share it."""
+    Returns the directory, or None when turned off. JAX writes entries atomically, so
+    concurrent runs may share the directory.
+
+    A directory that cannot be created or written is an error when it was asked for (the
+    argument or $SOLAR_JAX_COMPILE_CACHE); the default one is then skipped silently, since
+    a read-only home must not stop a command that runs fine without the cache."""
     import jax
 
+    explicit = path is not None or os.environ.get(ENV) is not None
     target = Path(path).expanduser() if path is not None else cache_dir()
     if target is None:
+        return None
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        usable = os.access(target, os.W_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        if explicit:
+            from solar_jax.errors import SolarError
+            raise SolarError(f"compilation cache directory {target} is not writable "
+                             f"(set {ENV}=off to run without it)")
         return None
     jax.config.update("jax_compilation_cache_dir", str(target))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)

@@ -165,6 +165,12 @@ def test_compile_cache_dir_and_switch(tmp_path, monkeypatch):
     monkeypatch.delenv("SOLAR_JAX_COMPILE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compile_cache.cache_dir() == tmp_path / "xdg" / "solar-jax" / "xla"
+    # An unusable directory: an error when asked for, skipped when it is the default.
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SolarError, match="not writable"):
+        compile_cache.enable(tmp_path / "file" / "sub")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    assert compile_cache.enable() is None
     # In a fresh process (the setting is process-wide): enable() makes JAX write there.
     code = ("import jax, jax.numpy as jnp; from solar_jax import compile_cache; "
             f"compile_cache.enable({str(tmp_path / 'd')!r}); "

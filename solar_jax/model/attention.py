@@ -162,15 +162,30 @@ def head_major_attention(q, k, v, mask, *, scale):
     b, q_len, heads, d = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     group = heads // kv_heads
-    qt = (q.reshape(b, q_len, kv_heads, group, d).transpose(0, 2, 3, 1, 4)
-          .reshape(b, kv_heads, group * q_len, d))
+    qt = _fold_groups(q, kv_heads)
     scores = jnp.einsum("bhqd,bhkd->bhqk", qt, k, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, kv_heads, group, q_len, kv_len) * scale
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bhkd->bhqd", probs.reshape(b, kv_heads, group * q_len, kv_len), v,
                      preferred_element_type=jnp.float32)
-    out = out.reshape(b, kv_heads, group, q_len, d).transpose(0, 3, 1, 2, 4)
+    return _unfold_groups(out, q)
+
+
+def _fold_groups(q, kv_heads):
+    """[batch, q_len, heads, d] -> [batch, kv_heads, group * q_len, d]: the query heads
+    sharing a KV head become rows of one matmul against it."""
+    b, q_len, heads, d = q.shape
+    group = heads // kv_heads
+    return (q.reshape(b, q_len, kv_heads, group, d).transpose(0, 2, 3, 1, 4)
+            .reshape(b, kv_heads, group * q_len, d))
+
+
+def _unfold_groups(out, q):
+    """The inverse of _fold_groups for the attention output, in q's shape and dtype."""
+    b, q_len, heads, d = q.shape
+    kv_heads = out.shape[1]
+    out = out.reshape(b, kv_heads, heads // kv_heads, q_len, d).transpose(0, 3, 1, 2, 4)
     return out.reshape(b, q_len, heads, d).astype(q.dtype)
 
 
@@ -191,8 +206,7 @@ def cache_step_attention(q, k_cache, v_cache, cache_mask, k_new, v_new, new_mask
     b, q_len, heads, d = q.shape
     kv_heads = k_cache.shape[1]
     group = heads // kv_heads
-    qt = (q.reshape(b, q_len, kv_heads, group, d).transpose(0, 2, 3, 1, 4)
-          .reshape(b, kv_heads, group * q_len, d))
+    qt = _fold_groups(q, kv_heads)
     k_new, v_new = k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3)
 
     def scores(keys_t, mask):
@@ -211,8 +225,7 @@ def cache_step_attention(q, k_cache, v_cache, cache_mask, k_new, v_new, new_mask
                           preferred_element_type=jnp.float32)
 
     out = (mix(old, v_cache) + mix(new, v_new)).reshape(b, kv_heads, group, q_len, d) / total
-    out = out.transpose(0, 3, 1, 2, 4)
-    return out.reshape(b, q_len, heads, d).astype(q.dtype)
+    return _unfold_groups(out.reshape(b, kv_heads, group * q_len, d), q)
 
 
 def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
