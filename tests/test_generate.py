@@ -87,6 +87,18 @@ def test_unrolled_cpu_decode_equals_scanned_decode(preset):
         return np.concatenate(chunks, axis=1)
 
     np.testing.assert_array_equal(run(True), run(False))
+    # Later chunks reuse the first chunk's program (committed views once made the second
+    # call compile the loop again).
+    from solar_jax.generate.engine import _decode
+    for unroll in (True, False):
+        decoder = Decoder(model, prompts, 40, sampler=Sampler(), seed=1, end_ids=(),
+                          pad_id=0, chunk=4, unroll_layers=unroll)
+        decoder.start()
+        decoder.next()
+        compiled = _decode._cache_size()
+        decoder.next()
+        decoder.next()
+        assert _decode._cache_size() == compiled
     hot = dict(temperature=1.0, top_k=30)
     np.testing.assert_array_equal(run(True, **hot), run(False, **hot))
 

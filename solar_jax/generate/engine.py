@@ -96,7 +96,10 @@ def layer_views(params) -> tuple[dict, ...] | None:
         return None
     if any((x.nbytes // x.shape[0]) % _CPU_ALIGNMENT for x in leaves):
         return None  # a misaligned slice would be copied, not aliased
-    device = next(iter(leaves[0].devices()))
+    # Committed like the stack: jit keys its cache on committedness, and committed views
+    # beside uncommitted params made the decode loop's outputs committed, so its second
+    # call compiled the whole loop again.
+    device = next(iter(leaves[0].devices())) if leaves[0].committed else None
     host = jax.tree.map(np.asarray, stacked)  # zero-copy views of the device buffers
     views = tuple(jax.tree.map(lambda a: jax.device_put(a[layer], device), host)
                   for layer in range(leaves[0].shape[0]))
