@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from solar_jax.errors import SolarError
+from solar_jax.resources import presets_dir
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -24,7 +25,6 @@ DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "float32": "float32",
                  "bf16": "bfloat16", "bfloat16": "bfloat16",
                  "fp16": "float16", "f16": "float16", "float16": "float16"}
 REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv")
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
 
 
 def canonical_dtype(name: str) -> str:
@@ -204,7 +204,7 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ModelConfig":
-        path = PRESETS_DIR / f"{name}.yaml"
+        path = presets_dir() / f"{name}.yaml"
         if not path.is_file():
             raise SolarError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
         data = yaml.safe_load(path.read_text()) or {}
@@ -213,7 +213,7 @@ class ModelConfig:
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
 def _read_json(path: Path) -> dict:

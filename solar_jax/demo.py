@@ -5,7 +5,7 @@ tinyshakespeare -> two SFT candidates on synthetic GSM8K math -> their linear me
 DPO on synthetic math preference pairs -> evaluation (perplexity on held-out Shakespeare
 at every stage, few-shot GSM8K exact match on held-out problems before and after), then a
 summary table and a chat answer from the original and the final model. The stage configs
-are configs/demo/*.yaml; paths in them are redirected under `out_dir` here.
+are solar_jax/resources/demo/*.yaml (package data); paths in them are redirected under `out_dir` here.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 
 from solar_jax.errors import SolarError
+from solar_jax.resources import data_file, demo_config
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIGS = ROOT / "configs" / "demo"
-DATA = ROOT.parent / "shared" / "data"
 HELDOUT_CHARS = 6000   # the end of tinyshakespeare, never trained on, scored for perplexity
 GSM8K_HELDOUT = 8      # the last problems of gsm8k_train.jsonl (the builder takes the first)
 GSM8K_SHOTS = 3
@@ -56,11 +54,8 @@ def chat_answer(model_path: Path, prompt: str, max_new_tokens: int) -> str:
 
 def split_data(out: Path) -> dict[str, Path]:
     """Training text without its held-out tail, the tail, and held-out GSM8K problems."""
-    for name in ("tinyshakespeare.txt", "gsm8k_train.jsonl"):
-        if not (DATA / name).is_file():
-            raise SolarError(f"the demo needs {DATA / name} (the shared data folder)")
-    text = (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
-    lines = (DATA / "gsm8k_train.jsonl").read_text(encoding="utf-8").splitlines()
+    text = data_file("tinyshakespeare.txt").read_text(encoding="utf-8")
+    lines = data_file("gsm8k_train.jsonl").read_text(encoding="utf-8").splitlines()
     lines = [line for line in lines if line.strip()]
     paths = {"train_text": out / "data" / "shakespeare_train.txt",
              "heldout_text": out / "data" / "shakespeare_heldout.txt",
@@ -92,7 +87,7 @@ def _train(config: str, out: Path, **paths) -> list[dict]:
     from solar_jax.train import load_train_config, train
 
     overrides = [f"{k.replace('__', '.')}={v}" for k, v in paths.items()] + ["progress=false"]
-    cfg = load_train_config(DEMO_CONFIGS / config, overrides)
+    cfg = load_train_config(demo_config(config), overrides)
     # Every stage starts over, as the import, upscale and merge stages overwrite: a run left
     # by an earlier demo (older code or data) must not be resumed, which train refuses.
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
@@ -121,9 +116,9 @@ def run_demo(out_dir: str = "demo_out", prompt: str = "What is the capital of Fr
         return summary
 
     dus = out / "smollm2-dus"
-    upscale_checkpoint(base, dus, recipe=DEMO_CONFIGS / "upscale.yaml", overwrite=True)
+    upscale_checkpoint(base, dus, recipe=demo_config("upscale.yaml"), overwrite=True)
     print(f"[upscale] 30 -> 44 layers -> {dus}", flush=True)
-    counts = build_math_data(DATA / "gsm8k_train.jsonl", out / "math", seed=0, limit=32,
+    counts = build_math_data(data_file("gsm8k_train.jsonl"), out / "math", seed=0, limit=32,
                              overwrite=True)
     print(f"[data] {counts['sft']} SFT records, {counts['preference']} preference pairs", flush=True)
     heldout = split_data(out)
@@ -137,7 +132,7 @@ def run_demo(out_dir: str = "demo_out", prompt: str = "What is the capital of Fr
         summary["stages"].append(_stage_row(name, records))
         print(f"[{name}] loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}", flush=True)
 
-    merged = out / "merged"  # configs/demo/merge.yaml is the same merge as a mergekit recipe
+    merged = out / "merged"  # resources/demo/merge.yaml is the same merge as a mergekit recipe
     merge_checkpoints([runs / "sft_a", runs / "sft_b"], merged, method="linear",
                       weights=[0.5, 0.5], overwrite=True)
     print(f"[merge] Average(0.5, 0.5) of sft_a and sft_b -> {merged}", flush=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "solar_jax" / "resources" / "data"  # shipped package data (see its README)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -20,7 +20,7 @@ from solar_jax.data import (
 )
 from solar_jax.errors import SolarError
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+from conftest import DATA  # noqa: E402
 WORDS = ["[PAD]", "<s>", "</s>"] + [f"w{i}" for i in range(40)]
 KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 
@@ -353,7 +353,6 @@ def test_errors_are_one_line_and_name_the_problem(tmp_path, tok):
 SHAKESPEARE = DATA / "tinyshakespeare.txt"
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="needs ../shared/data/tinyshakespeare.txt")
 def test_tinyshakespeare_bytes_round_trip():
     tok = byte_tokenizer()
     ds = build(SHAKESPEARE, tok, seq_len=256, batch=16, seed=0)
@@ -376,7 +375,6 @@ def test_tinyshakespeare_bytes_round_trip():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="needs ../shared/data/tinyshakespeare.txt")
 def test_tinyshakespeare_smollm2_tokenizer():
     from solar_jax.demo import smollm2_gguf
     from solar_jax.tokenizer import load_tokenizer
@@ -401,24 +399,29 @@ def test_demo_heldout_split_is_disjoint_and_complete(tmp_path):
 
     from solar_jax import demo
     paths = demo.split_data(tmp_path)
-    full = (demo.DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    full = DATA.joinpath("tinyshakespeare.txt").read_text(encoding="utf-8")
     train = paths["train_text"].read_text(encoding="utf-8")
     heldout = paths["heldout_text"].read_text(encoding="utf-8")
     assert train + heldout == full and len(heldout) == demo.HELDOUT_CHARS
     problems = [_json.loads(x) for x in paths["heldout_gsm8k"].read_text().splitlines()]
     assert len(problems) >= demo.GSM8K_HELDOUT + demo.GSM8K_SHOTS
     first = [_json.loads(x) for x in
-             (demo.DATA / "gsm8k_train.jsonl").read_text().splitlines()[:64]]
+             DATA.joinpath("gsm8k_train.jsonl").read_text().splitlines()[:64]]
     assert not {p["question"] for p in problems} & {p["question"] for p in first}
 
 
-def test_demo_without_shared_data_is_one_line_error(tmp_path, monkeypatch):
-    from solar_jax import demo
+def test_demo_data_is_package_data_found_through_the_package(tmp_path, monkeypatch):
+    """The demo reads its data through solar_jax.resources, never the repository layout; a
+    broken install (the data missing) is a one-line error naming the file."""
+    from solar_jax import demo, resources
     from solar_jax.errors import SolarError
-    monkeypatch.setattr(demo, "DATA", tmp_path / "missing")
-    with pytest.raises(SolarError, match="tinyshakespeare.txt"):
+    assert resources.data_file("tinyshakespeare.txt") == DATA / "tinyshakespeare.txt"
+    monkeypatch.setattr(resources, "_root", lambda: tmp_path / "missing")
+    with pytest.raises(SolarError, match="tinyshakespeare.txt is missing"):
         demo.split_data(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(SolarError, match="no shipped data file 'x.txt'"):
+        resources.data_file("x.txt")
 
 
 def test_demo_stage_starts_over_in_a_stale_run_dir(tmp_path, monkeypatch):
