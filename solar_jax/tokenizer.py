@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from solar_jax.chat_template import render_ids
 from solar_jax.errors import SolarError
 
 
@@ -39,13 +40,8 @@ def run_tokenizer(explicit: str | None, model_source: Path | None):
 
 
 def chat_prompt(tokenizer, user: str, system: str | None = None) -> list[int]:
-    """Token ids of a one-turn chat ready for the assistant's answer (the model's template)."""
+    """Token ids of a one-turn chat ready for the assistant's answer, in the template the
+    model records (see solar_jax.chat_template)."""
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": user}]
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-    text = (f"### System:\n{system}\n\n" if system else "") + f"### User:\n{user}\n\n### Assistant:\n"
-    return tokenizer.encode(text)
+    return render_ids(tokenizer, messages)

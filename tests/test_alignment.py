@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from solar_jax.cli import main
-from solar_jax.data.chat import ChatEncoder, record_messages, solar_prompt
+from solar_jax.chat_template import SOLAR_TEMPLATE, render_text
+from solar_jax.data.chat import ChatEncoder, record_messages
 from solar_jax.data.config import DataConfig
 from solar_jax.data.preference import build_preference_dataset
 from solar_jax.data.sft import build_sft_dataset
@@ -33,13 +34,15 @@ def write_jsonl(path, rows):
 
 # ---- SFT ------------------------------------------------------------------------------------
 
-def test_solar_template_text():
+def test_solar_template_text(tok):
+    """SOLAR-10.7B-Instruct's markers, with BOS first and EOS after each answer."""
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
-    assert solar_prompt(messages) == ("### System:\nBe brief.\n\n### User:\nHi?\n\n"
-                                      "### Assistant:\nHello.### User:\n2+2?\n\n### Assistant:\n")
-    assert solar_prompt([{"role": "system", "content": ""}, messages[1]]) == \
-        "### User:\nHi?\n\n### Assistant:\n"
+    assert render_text(tok, messages, SOLAR_TEMPLATE, True) == (
+        "<s>### System:\nBe brief.\n\n### User:\nHi?\n\n"
+        "### Assistant:\nHello.</s>### User:\n2+2?\n\n### Assistant:\n")
+    assert render_text(tok, [{"role": "system", "content": ""}, messages[1]], SOLAR_TEMPLATE,
+                       True) == "<s>### User:\nHi?\n\n### Assistant:\n"
 
 
 @pytest.mark.parametrize("fmt, record, user", [

@@ -3,38 +3,24 @@
 Record formats (`data.format`): alpaca (instruction, input, output), openorca
 (system_prompt, question, response), gsm8k (question, answer), chat (messages of
 role/content), prompt_completion (prompt, completion). Templates: SOLAR-Instruct's
-(`data.chat_template: solar`, default) or the tokenizer's own (`tokenizer`).
+(`data.chat_template: solar`, default) or the tokenizer's own (`tokenizer`), both rendered
+through solar_jax.chat_template, the definition inference uses.
 
-Loss goes on every assistant turn's tokens and the EOS that ends it, nothing else. Each
-turn's prompt is tokenized alone and must be a prefix of the tokens of prompt + answer;
-otherwise the boundary would be ambiguous and the record is rejected by name.
+Loss goes on every assistant turn's tokens and what ends the turn (EOS), nothing else. The
+conversation is rendered once; each turn's prompt (rendered up to that answer) must be a
+prefix of its tokens, otherwise the boundary would be ambiguous and the record is rejected
+by name.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from solar_jax.data.config import CHAT_TEMPLATES as TEMPLATES
+from solar_jax.chat_template import render_ids, template_text
 from solar_jax.data.config import SFT_FORMATS
 from solar_jax.errors import SolarError
 
 ROLES = ("system", "user", "assistant")
-
-
-def solar_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """SOLAR-Instruct's template text (no EOS: the encoder appends the EOS token id)."""
-    out = []
-    for m in messages:
-        if m["role"] == "system":
-            if m["content"]:
-                out.append(f"### System:\n{m['content']}\n\n")
-        elif m["role"] == "user":
-            out.append(f"### User:\n{m['content']}\n\n")
-        else:
-            out.append(f"### Assistant:\n{m['content']}")
-    if add_generation_prompt:
-        out.append("### Assistant:\n")
-    return "".join(out)
 
 
 def _text(where: str, record: dict, key: str, *, required: bool = True) -> str:
@@ -91,60 +77,39 @@ def record_messages(where: str, record: dict, fmt: str, system: str | None = Non
 
 
 class ChatEncoder:
-    """Token ids and per-token target flags for conversations."""
+    """Token ids and per-token target flags for conversations, rendered by the one chat
+    template definition (solar_jax.chat_template) that inference uses too."""
 
     def __init__(self, tokenizer, template: str = "solar", add_bos: bool = True):
-        if template not in TEMPLATES:
-            raise SolarError(f"unknown chat_template {template!r}; use one of {', '.join(TEMPLATES)}")
-        if template == "tokenizer" and not getattr(tokenizer, "chat_template", None):
-            raise SolarError("chat_template: tokenizer was asked, but the tokenizer has none")
+        self.template_text = template_text(tokenizer, template)
         if tokenizer.eos_token_id is None:
             raise SolarError("the tokenizer has no EOS token; SFT needs one to end answers")
         self.tokenizer, self.template = tokenizer, template
-        self.bos = [int(tokenizer.bos_token_id)] if add_bos and tokenizer.bos_token_id is not None \
-            and template == "solar" else []
-        self.eos = int(tokenizer.eos_token_id)
+        # SOLAR's template opens with BOS; `add_bos: false` drops it (a tokenizer template
+        # decides for itself, as it does at inference).
+        self.drop_bos = (not add_bos and template == "solar"
+                         and tokenizer.bos_token_id is not None)
 
-    def _enc(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-
-    def _render(self, messages, add_generation_prompt):
-        return self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+    def _ids(self, messages, add_generation_prompt):
+        ids = render_ids(self.tokenizer, messages, self.template_text, add_generation_prompt)
+        if self.drop_bos and ids[:1] == [self.tokenizer.bos_token_id]:
+            ids = ids[1:]
+        return ids
 
     def encode(self, where: str, messages: list[dict]) -> tuple[list[int], list[bool]]:
-        """(ids, is_target): targets are assistant tokens and the EOS after each answer."""
-        if self.template == "solar":
-            return self._encode_solar(where, messages)
-        return self._encode_with_tokenizer(where, messages)
-
-    def _encode_solar(self, where, messages):
-        ids, target = list(self.bos), [False] * len(self.bos)
-        start = 0
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            prompt = solar_prompt(messages[start:i], add_generation_prompt=True)
-            p, full = self._enc(prompt), self._enc(prompt + m["content"])
-            if full[:len(p)] != p:
-                raise SolarError(f"{where}: the prompt's tokens are not a prefix of prompt + "
-                                 f"answer (turn {i}); the answer boundary is ambiguous")
-            ids += full + [self.eos]
-            target += [False] * len(p) + [True] * (len(full) - len(p) + 1)
-            start = i + 1
-        return ids, target
-
-    def _encode_with_tokenizer(self, where, messages):
-        full = self._enc(self._render(messages, False))
+        """(ids, is_target): the targets are each answer's tokens up to the end of that
+        assistant turn (for SOLAR's template: the answer and its EOS)."""
+        full = self._ids(messages, False)
         target = [False] * len(full)
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            p = self._enc(self._render(messages[:i], True))
-            upto = self._enc(self._render(messages[:i + 1], False))
+            p = self._ids(messages[:i], True)
+            upto = self._ids(messages[:i + 1], False)
             if full[:len(p)] != p or full[:len(upto)] != upto:
                 raise SolarError(f"{where}: the prompt's tokens are not a prefix of the full "
-                                 f"conversation's tokens (turn {i})")
+                                 f"conversation's tokens (turn {i}); the answer boundary is "
+                                 "ambiguous")
             for t in range(len(p), len(upto)):
                 target[t] = True
         return full, target

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from solar_jax.chat_template import TEMPLATE_NAMES
 from solar_jax.errors import SolarError
 
 PRETRAIN_FORMATS = ("text", "jsonl", "parquet")
 SFT_FORMATS = ("alpaca", "openorca", "gsm8k", "chat", "prompt_completion")
 PREFERENCE_FORMATS = ("preference",)
 FORMATS = PRETRAIN_FORMATS + SFT_FORMATS + PREFERENCE_FORMATS
-CHAT_TEMPLATES = ("solar", "tokenizer")
 TRUNCATIONS = ("truncate", "drop", "error")
 TEXT_SPLITS = ("paragraph", "line", "file")
 PACKINGS = ("greedy", "concat")
@@ -69,7 +69,7 @@ class DataConfig:
                 isinstance(self.path, list) and not all(isinstance(p, str) for p in self.path)):
             raise SolarError(f"data.path must be a string or a list of strings, got {self.path!r}")
         for name, allowed in (("format", FORMATS), ("text_split", TEXT_SPLITS),
-                              ("packing", PACKINGS), ("chat_template", CHAT_TEMPLATES),
+                              ("packing", PACKINGS), ("chat_template", TEMPLATE_NAMES),
                               ("truncation", TRUNCATIONS)):
             if getattr(self, name) not in allowed:
                 raise SolarError(f"unknown data.{name} {getattr(self, name)!r}; "

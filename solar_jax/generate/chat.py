@@ -1,26 +1,20 @@
 """Multi-turn chat on top of `generate`: the conversation is re-encoded with the model's
-chat template each turn (prefill is cheap next to decoding at chat lengths), and the
+chat template (solar_jax.chat_template) each turn (prefill is cheap next to decoding at chat lengths), and the
 oldest turns are dropped when it would no longer fit the context."""
 
 from __future__ import annotations
 
 from typing import Callable
 
+from solar_jax.chat_template import render_ids
 from solar_jax.errors import SolarError
 from solar_jax.generate import end_token_ids, generate
 
 
 def conversation_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of the conversation ready for the assistant's next answer."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-    # No template: SOLAR-Instruct's "### User:" format (as solar_jax.tokenizer.chat_prompt).
-    names = {"system": "System", "user": "User", "assistant": "Assistant"}
-    text = "".join(f"### {names[m['role']]}:\n{m['content']}\n\n" for m in messages)
-    return tokenizer.encode(text + "### Assistant:\n")
+    """Token ids of the conversation ready for the assistant's next answer, in the template
+    the model records (the one it was trained with; SOLAR-Instruct's if it records none)."""
+    return render_ids(tokenizer, messages)
 
 
 class ChatSession:

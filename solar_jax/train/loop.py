@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from solar_jax.chat_template import record_template
 from solar_jax.errors import SolarError
 from solar_jax.sharding import make_mesh
 from solar_jax.tokenizer import run_tokenizer
@@ -86,7 +87,10 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0 and "://" not in cfg.run_dir:
-        # The run directory is loadable as a model (RunSource): keep its tokenizer with it.
+        # The run directory is loadable as a model (RunSource): keep its tokenizer with it,
+        # recording the chat format SFT/DPO trains on, so chat and exports use that format.
+        if cfg.objective in ("sft", "dpo"):
+            record_template(tokenizer, cfg.data.chat_template)
         tokenizer.save_pretrained(str(run_dir))
     checkpointer = RunCheckpointer(cfg.run_dir, keep=cfg.keep_checkpoints,
                                    async_save=cfg.async_checkpoint)
