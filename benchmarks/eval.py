@@ -1,7 +1,7 @@
 """Wall time of a multiple-choice task: `solar-jax eval` beside lm-evaluation-harness.
 
 The data: --data FILE (ARC JSONL, either layout), or N ARC-format questions made from
-GSM8K (../shared/data/gsm8k_train.jsonl): the stem is the word problem and the four
+GSM8K (the shipped solar_jax/resources/data/gsm8k_train.jsonl): the stem is the word problem and the four
 choices are the final answer and three nearby numbers, so the task is real text with
 realistic lengths. It is written in the Hugging Face layout that lm-eval's arc YAML reads
 (question, choices{text,label}, answerKey); solar-jax reads that layout too.
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k_train.jsonl"
+GSM8K = ROOT / "solar_jax" / "resources" / "data" / "gsm8k_train.jsonl"  # shipped package data
 
 LM_EVAL_TASK = """task: arc_local
 dataset_path: json

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k_train.jsonl"
+GSM8K = ROOT / "solar_jax" / "resources" / "data" / "gsm8k_train.jsonl"  # shipped package data
 
 
 def copy_bandwidth(n_bytes: int = 512 << 20, repeats: int = 5) -> float:
