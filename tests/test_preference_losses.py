@@ -243,3 +243,9 @@ def test_reference_free_run_skips_the_reference(tmp_path, byte_tokenizer, pairs_
     assert keys <= set(records[-1])
     assert records[-1]["loss"] < records[0]["loss"]
     assert records[-1]["rewards/margins"] > records[0]["rewards/margins"]
+    # the real run as `solar-jax report` sees it (its config from the checkpoint)
+    from solar_jax.report import read_candidate
+    row = read_candidate(run)
+    assert (row.stage, row.start, row.data, row.steps) == (f"dpo ({loss})", "tiny-llama",
+                                                           "pairs", 10)
+    assert row.train_loss == records[-1]["loss"] and row.eval_perplexity is None
