@@ -137,11 +137,20 @@ def _fill_run(cand: Candidate, path: Path) -> None:
     for record in records:  # later evaluations overwrite earlier ones
         cand.eval.update({k: v for k, v in record.items()
                           if k.startswith("eval/") and _number(v) is not None})
-    ppl = cand.eval.get("eval/perplexity", cand.eval.get("eval/perplexity/perplexity"))
+    ppl_task, gsm8k = _task_label(config, "perplexity"), _task_label(config, "gsm8k")
+    ppl = cand.eval.get("eval/perplexity", cand.eval.get(f"eval/{ppl_task}/perplexity"))
     cand.eval_perplexity = _number(ppl)
-    cand.gsm8k_exact_match = _number(cand.eval.get("eval/gsm8k/exact_match_flexible"))
-    n = _number(cand.eval.get("eval/gsm8k/n"))
+    cand.gsm8k_exact_match = _number(cand.eval.get(f"eval/{gsm8k}/exact_match_flexible"))
+    n = _number(cand.eval.get(f"eval/{gsm8k}/n"))
     cand.gsm8k_n = int(n) if n is not None else None
+
+
+def _task_label(config: dict, task: str) -> str:
+    """The metric prefix a run's eval task logs under: its `name`, else the task itself."""
+    for entry in config.get("eval_tasks") or []:
+        if isinstance(entry, dict) and entry.get("task") == task:
+            return entry.get("name") or task
+    return task
 
 
 def _run_config(path: Path) -> tuple[dict, int | None]:

@@ -118,6 +118,12 @@ def test_missing_values_are_empty_cells(tmp_path):
     _run_dir(tmp_path, "ck", {"objective": "dpo", "dpo": {"loss": "orpo"}, "data": {}},
              [{"step": 7}])
     (tmp_path / "ck" / "metrics.jsonl").unlink()
+    # an eval task given a name logs under it (eval/<name>/<metric>)
+    named = _run_dir(tmp_path, "named", {"objective": "sft", "eval_tasks": [
+        {"task": "gsm8k", "name": "gsm8k_test", "data": "t.jsonl", "limit": 4}]},
+        [{"step": 1, "loss": 1.0}, {"step": 1, "eval/gsm8k_test/exact_match_flexible": 0.75,
+                                    "eval/gsm8k_test/n": 4}])
+    assert (read_candidate(named).gsm8k_exact_match, read_candidate(named).gsm8k_n) == (0.75, 4)
     c = read_candidate(tmp_path / "ck")
     assert (c.stage, c.steps, c.train_loss, c.data) == ("dpo (orpo)", 7, None, "")
 
