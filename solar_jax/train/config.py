@@ -111,7 +111,6 @@ class TrainConfig:
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise SolarError("config keys beta1 and beta2 must be in [0, 1)")
 
-
     def _validate_preference_loss(self) -> None:
         loss = self.dpo.loss
         if self.dpo.cpo_alpha < 0:
