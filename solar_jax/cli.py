@@ -15,7 +15,7 @@ from solar_jax import compile_cache
 from solar_jax.errors import SolarError
 
 COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "generate", "chat",
-                   "eval", "ablate", "demo")
+                   "eval", "ablate", "demo", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

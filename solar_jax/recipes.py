@@ -143,6 +143,41 @@ def parse_recipe(data: Any, default_model: str | None = None,
                   from_models=has_models)
 
 
+RECIPE_FILE = "mergekit_config.yml"  # mergekit's name for the recipe kept with its output
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """The recipe in mergekit's YAML syntax (what `parse_recipe` reads back): written as
+    RECIPE_FILE beside every merged or up-scaled model, so its parents stay on record."""
+    def entry(src: InputSlice) -> dict:
+        out: dict = {"model": src.model}
+        if src.layer_range is not None:
+            out["layer_range"] = list(src.layer_range)
+        if src.parameters:
+            out["parameters"] = dict(src.parameters)
+        return out
+
+    data: dict = {"merge_method": recipe.merge_method}
+    if recipe.from_models:
+        data["models"] = [entry(src) for src in recipe.slices[0].sources]
+    else:
+        data["slices"] = [{"sources": [entry(src) for src in s.sources],
+                           **({"parameters": dict(s.parameters)} if s.parameters else {})}
+                          for s in recipe.slices]
+    if recipe.base_model:
+        data["base_model"] = recipe.base_model
+    if recipe.parameters:
+        data["parameters"] = dict(recipe.parameters)
+    if recipe.dtype:
+        data["dtype"] = recipe.dtype
+    return data
+
+
+def write_recipe_file(recipe: Recipe, directory: Path) -> None:
+    (Path(directory) / RECIPE_FILE).write_text(
+        yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+
+
 def evaluate_setting(setting: Any, tensor_name: str, t: float) -> Any:
     """A parameter's value for one tensor at relative depth t in [0, 1] of its slice:
     mergekit's semantics (gradients interpolate, the first matching condition wins)."""

@@ -25,16 +25,18 @@ from solar_jax.checkpoint.sources import NamedTensorSource, ParamSource, open_so
 from solar_jax.checkpoint.writers import check_destination, write_hf, write_solar
 from solar_jax.errors import SolarError
 from solar_jax.merge import linear, slerp, task_arithmetic
-from solar_jax.recipes import Recipe
+from solar_jax.recipes import Recipe, write_recipe_file
 
 FORMATS = ("solar", "hf")
 
 
 class RecipeSource(ParamSource):
-    def __init__(self, sources: dict[str, ParamSource], base: str, plan):
+    def __init__(self, sources: dict[str, ParamSource], base: str, plan,
+                 recipe: Recipe | None = None):
         self.sources = sources
         self.base = sources[base]
         self.plan = plan  # recipe_plan.Plan
+        self.recipe = recipe  # kept with the output (mergekit_config.yml), as mergekit does
         self.location = self.base.location
         self.config = self.base.config.replace(num_layers=len(plan.layers))
 
@@ -86,6 +88,8 @@ class RecipeSource(ParamSource):
 
     def copy_extras(self, dst: Path) -> None:
         self.base.copy_extras(dst)
+        if self.recipe is not None:
+            write_recipe_file(self.recipe, dst)
 
 
 def _run(job: Job, get, dtype) -> np.ndarray:
@@ -138,7 +142,7 @@ def open_recipe(recipe: Recipe, *, dtype: str | None = None, dst=None,
         if key not in sources:
             sources[key] = open_source(key)  # absolute: orbax misreads relative paths
     plan = build_plan(recipe, sources, _key, dtype)
-    return RecipeSource(sources, plan.base, plan)
+    return RecipeSource(sources, plan.base, plan, recipe)
 
 
 def write_recipe(source: RecipeSource, dst, *, to: str = "solar",

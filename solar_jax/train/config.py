@@ -14,6 +14,7 @@ from typing import Any, Literal
 from solar_jax.config_io import apply_overrides, from_dict, load_yaml
 from solar_jax.data import DataConfig
 from solar_jax.errors import SolarError
+from solar_jax.train.preference_losses import uses_reference
 
 
 @dataclasses.dataclass
@@ -29,11 +30,16 @@ class DistributedConfig:
 
 @dataclasses.dataclass
 class DPOConfig:
-    beta: float = 0.1
-    loss: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    beta: float = 0.1  # DPO's/SimPO's beta; ORPO's lambda (weight of the odds-ratio term)
+    # sigmoid/ipo/hinge/robust compare with a reference model; simpo and orpo are
+    # reference-free (train/preference_losses.py): no reference pass at all.
+    loss: Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo"] = "sigmoid"
     label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5  # SimPO's target reward margin (TRL's default)
+    cpo_alpha: float = 0.0  # simpo only: weight of an NLL term on chosen (TRL's CPO-SimPO)
     # precomputed: one pass of the reference over the data before training, stored in
     # run_dir/reference_logps.npz; live: a frozen reference model scored every step.
+    # Unused by the reference-free losses.
     reference: Literal["precomputed", "live"] = "precomputed"
 
 
@@ -99,10 +105,26 @@ class TrainConfig:
             raise SolarError(f"config key dpo.beta must be positive, got {self.dpo.beta}")
         if not 0 <= self.dpo.label_smoothing < 0.5:
             raise SolarError("config key dpo.label_smoothing must be in [0, 0.5)")
+        self._validate_preference_loss()
         if self.objective == "dpo" and self.grad_accum != 1:
             raise SolarError("grad_accum > 1 is not supported with objective dpo")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise SolarError("config keys beta1 and beta2 must be in [0, 1)")
+
+    def _validate_preference_loss(self) -> None:
+        loss = self.dpo.loss
+        if self.dpo.cpo_alpha < 0:
+            raise SolarError(f"config key dpo.cpo_alpha must be >= 0, got {self.dpo.cpo_alpha}")
+        if self.dpo.cpo_alpha and loss != "simpo":
+            raise SolarError(f"config key dpo.cpo_alpha applies to dpo.loss simpo only "
+                             f"(CPO-SimPO), not {loss}")
+        if loss == "orpo" and self.dpo.label_smoothing:
+            raise SolarError("config key dpo.label_smoothing does not apply to dpo.loss orpo "
+                             "(TRL's ORPO has none); set it to 0")
+        if (self.objective == "dpo" and not uses_reference(loss)
+                and self.reference_model is not None):
+            raise SolarError(f"dpo.loss {loss} is reference-free: remove reference_model "
+                             f"({self.reference_model}), it would not be used")
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

@@ -56,11 +56,16 @@ def build_objective(cfg: TrainConfig, config: ModelConfig, dataset, optimizer, s
 
     from solar_jax.data.preference import SIDES
     from solar_jax.train.dpo import SIDE_KEYS, make_dpo_step
+    from solar_jax.train.preference_losses import uses_reference
     keys = tuple(f"{s}_{k}" for s in SIDES for k in SIDE_KEYS)
     live = cfg.dpo.reference == "live"
     step = make_dpo_step(config, optimizer, schedule, beta=cfg.dpo.beta, loss=cfg.dpo.loss,
                          label_smoothing=cfg.dpo.label_smoothing, chunk=cfg.loss_chunk,
-                         live_reference=live)
+                         live_reference=live, simpo_gamma=cfg.dpo.simpo_gamma,
+                         cpo_alpha=cfg.dpo.cpo_alpha)
+    if not uses_reference(cfg.dpo.loss):
+        # simpo/orpo: no reference model is loaded, copied, scored or stored.
+        return Objective(dataset, keys, step, host_batch=dataset.batch)
     ref_params = params
     if cfg.reference_model and Path(cfg.reference_model) != Path(cfg.model):
         ref_config, ref_source = state_lib.model_config_for(
