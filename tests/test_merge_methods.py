@@ -56,17 +56,16 @@ def _recipe(tmp_path, data) -> str:
 
 def ref_magnitude(delta: np.ndarray, density: float) -> np.ndarray:
     """sparsify.magnitude: keep k = int(density * numel) entries by |value| (all if
-    density >= 1); at the cut, equal magnitudes keep the lower flat index (a stable sort,
-    what torch.argsort(stable=True) gives)."""
+    density >= 1); at the cut, equal magnitudes keep the lower flat index (a stable
+    descending sort, what torch.argsort(stable=True) gives)."""
     if density >= 1:
         return delta
     flat = delta.ravel()
     k = int(density * flat.size)
-    mags = np.abs(flat)
-    cut = np.sort(mags)[::-1][k - 1]
-    keep = mags > cut
-    keep[np.flatnonzero(mags == cut)[:k - keep.sum()]] = True
-    return np.where(keep, flat, 0).reshape(delta.shape)
+    order = np.lexsort((np.arange(flat.size), -np.abs(flat).astype(np.float64)))[:k]
+    out = np.zeros_like(flat)
+    out[order] = flat[order]
+    return out.reshape(delta.shape)
 
 
 def ref_ties(base, xs, weights, densities, normalize=True, lam=1.0, rescale=False):

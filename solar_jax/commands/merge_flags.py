@@ -27,6 +27,8 @@ def _flag_params():
 
 
 def _default(p) -> str | None:
+    if p.default_text:
+        return p.default_text
     if p.default is REQUIRED or p.default is None or callable(p.default):
         return None
     if p.kind is bool:

@@ -54,6 +54,7 @@ class Param:
     check: Callable[[Any], str | None] | None = None  # -> what is wrong with a value
     flag: str | None = None          # the `solar-jax merge` flag; None: recipes/API only
     help: str = ""
+    default_text: str | None = None  # how --help shows a callable default
 
     def default_for(self, n_models: int):
         return self.default(n_models) if callable(self.default) else self.default
@@ -72,10 +73,11 @@ class Param:
                 raise SolarError(f"{where}: {self.name} {problem}, got {value!r}")
 
 
-def weight(default, recipe_required: bool = True, help: str = "") -> Param:
-    return Param("weight", float, per_model=True, default=default,
-                 recipe_required=recipe_required, flag="--weights",
-                 help=help or "one weight per MODEL (one value: the same for all)")
+def weight(default, default_text: str | None = None) -> Param:
+    # mergekit requires a weight per model in recipes; flags and the API default it
+    return Param("weight", float, per_model=True, default=default, recipe_required=True,
+                 flag="--weights", default_text=default_text,
+                 help="one weight per MODEL (one value: the same for all)")
 
 
 def normalize(default: bool) -> Param:

@@ -41,6 +41,6 @@ def _check(params, model_params, numel):
 
 METHOD = register(MergeMethod(
     "linear", "weighted average: sum_i w_i x_i / sum_i w_i", _tensor,
-    params=(weight(lambda n: 1.0 / n, help="one weight per MODEL (default: equal)"),
+    params=(weight(lambda n: 1.0 / n, default_text="equal"),
             normalize(True)),
     check=_check, reference="https://arxiv.org/abs/2203.05482"))
