@@ -272,6 +272,11 @@ BAD = {
         ("a", {"weight": 1, "density": 0.5})], base_model=str(r / "base")), "use merge_method: ties"),
     "quant-without-gguf": (lambda r, t: ["a", "b", "--method", "linear", "--quant", "q8_0"],
                            "--to gguf only"),
+    "dtype-with-gguf": (lambda r, t: ["a", "b", "--method", "linear", "--to", "gguf", "--dtype",
+                                      "bf16"], "--quant"),
+    "linear-one-model": (lambda r, t: ["a", "--method", "linear"], "only be copied"),
+    "unregistered-method": (lambda r, t: ["a", "b", "--method", "dare_ties"],
+                            "use one of linear, slerp, task_arithmetic, ties, model_stock"),
 }
 
 
@@ -317,3 +322,16 @@ def test_upscale_writes_gguf(root, tmp_path):
                  "--quant", "f32", "--no-tokenizer"]) == 0
     _leaves_equal(tmp_path / "up.gguf", tmp_path / "up")
     assert open_source(tmp_path / "up.gguf").config.num_layers == 4
+
+
+def test_merge_of_a_gguf_base_keeps_its_gguf_tokenizer(root, tmp_path):
+    base_gguf = tmp_path / "base.gguf"
+    assert main(["convert", str(root / "base"), str(base_gguf), "--to", "gguf", "--quant", "f32"]) == 0
+    out = _run(root, tmp_path, str(base_gguf), "a", "--method", "linear", "--quant", "f32",
+               to="gguf")
+    ours, theirs = (gguf.GGUFReader(str(p)).fields for p in (out, base_gguf))
+    tokenizer_keys = sorted(k for k in theirs if k.startswith("tokenizer."))
+    assert tokenizer_keys and tokenizer_keys == sorted(k for k in ours if k.startswith("tokenizer."))
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+        assert ([bytes(ours[key].parts[i]) for i in ours[key].data]
+                == [bytes(theirs[key].parts[i]) for i in theirs[key].data])
