@@ -53,9 +53,9 @@ def merge_params(params_list: Sequence[dict], method: str, *, base: dict | None 
 
     linear: weighted average of the trees; slerp: two trees, t toward the second (or
     `base` and one tree); task_arithmetic / ties / model_stock: `base` plus the trees.
-    The result has the dtype of the base (else of the first tree). Stacked layer leaves are merged layer by
-    layer, as each layer is its own tensor in mergekit (this matters for slerp's and
-    model_stock's angles and for ties' trimming).
+    The result has the dtype of the base (else of the first tree). Stacked layer leaves
+    are merged layer by layer, as each layer is its own tensor in mergekit (this matters
+    for slerp's and model_stock's angles and for ties' trimming).
     """
     import jax
 

@@ -15,8 +15,9 @@ A parameter value is a number/bool, a gradient (list of numbers, interpolated ov
 layers of a slice) or a list of {filter, value} conditions matched against the Hugging Face
 tensor name — the same lookup mergekit does (`evaluate_setting` below reproduces it).
 Which parameters a method takes, their types and ranges come from its record in
-`solar_jax.merge_methods`. Only syntax and values are checked here; layer counts and architectures are checked when
-the models are opened (recipe_source.open_recipe), still before any tensor is read.
+`solar_jax.merge_methods`. Only syntax and values are checked here; layer counts and
+architectures are checked when the models are opened (recipe_source.open_recipe), still
+before any tensor is read.
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ def ref_ties(base, xs, weights, densities, normalize=True, lam=1.0, rescale=Fals
         delta = x.astype(F32) - base
         kept = ref_magnitude(delta, d)
         if rescale and d < 1:
-            before, after = np.abs(delta).astype(np.float64).sum(), np.abs(kept).astype(np.float64).sum()
+            before = np.abs(delta).astype(np.float64).sum()
+            after = np.abs(kept).astype(np.float64).sum()
             if before >= 1e-7 and after >= 1e-7:
                 kept = kept * F32(before / after)
         deltas.append(kept)
@@ -151,8 +152,8 @@ def test_ties_recipe_equals_flags_and_reference(root, tmp_path):
     flags = _hf(_run(root, tmp_path, "a", "b", "--method", "ties", "--base", "base",
                      "--weights", "0.6", "0.5", "--density", "0.4", "--no-normalize"))
     for n in base:
-        np.testing.assert_allclose(flags[n], ref_ties(base[n], [a[n], b[n]], [0.6, 0.5],
-                                                      [0.4, 0.4], normalize=False), err_msg=n, **TOL)
+        want = ref_ties(base[n], [a[n], b[n]], [0.6, 0.5], [0.4, 0.4], normalize=False)
+        np.testing.assert_allclose(flags[n], want, err_msg=n, **TOL)
 
 
 def test_magnitude_trim_count_and_ties_at_the_cut():
@@ -179,9 +180,11 @@ def test_ties_rescale_and_sign_election_by_sum():
                                           [{"weight": 1.0, "density": 1.0}] * 2)
     np.testing.assert_allclose(out, [-3, 2, 0, 1])  # entry 3 sums to 0: "+" wins (>= 0)
     rng = np.random.default_rng(1)
-    base, xs = rng.standard_normal((3, 40)).astype(F32), list(rng.standard_normal((2, 3, 40)).astype(F32))
-    got = merge_methods.get("ties").merge(base, xs, {"normalize": True, "lambda": 1.0, "rescale": True},
-                                          [{"weight": 0.8, "density": 0.3}, {"weight": 1.1, "density": 0.6}])
+    base = rng.standard_normal((3, 40)).astype(F32)
+    xs = list(rng.standard_normal((2, 3, 40)).astype(F32))
+    got = merge_methods.get("ties").merge(
+        base, xs, {"normalize": True, "lambda": 1.0, "rescale": True},
+        [{"weight": 0.8, "density": 0.3}, {"weight": 1.1, "density": 0.6}])
     np.testing.assert_allclose(got, ref_ties(base, xs, [0.8, 1.1], [0.3, 0.6], rescale=True), **TOL)
 
 
@@ -191,7 +194,8 @@ def test_ties_rescale_and_sign_election_by_sum():
 @pytest.mark.parametrize("filter_wise", [False, True])
 def test_model_stock_matches_mergekit_definition(root, tmp_path, filter_wise):
     flag = ["--filter-wise"] if filter_wise else []
-    out = _hf(_run(root, tmp_path, "a", "b", "c", "--method", "model_stock", "--base", "base", *flag))
+    out = _hf(_run(root, tmp_path, "a", "b", "c", "--method", "model_stock", "--base", "base",
+                   *flag))
     base, a, b, c = (_hf(root / m) for m in ("base", "a", "b", "c"))
     for n in base:
         want = ref_model_stock(base[n], [a[n], b[n], c[n]], filter_wise)
@@ -251,7 +255,8 @@ BAD = {
     "stock-no-base": (lambda r, t: ["a", "b", "--method", "model_stock"], "--base"),
     "ties-recipe-no-base": (lambda r, t: _models_recipe(r, t, "ties", [("a", {"weight": 1})]),
                             "ties needs base_model"),
-    "stock-recipe-no-base": (lambda r, t: _models_recipe(r, t, "model_stock", [("a", {}), ("b", {})]),
+    "stock-recipe-no-base": (lambda r, t: _models_recipe(r, t, "model_stock",
+                                                         [("a", {}), ("b", {})]),
                              "model_stock needs base_model"),
     "stock-one-model": (lambda r, t: ["a", "--base", "base", "--method", "model_stock"],
                         "at least three models"),
@@ -269,7 +274,8 @@ BAD = {
     "density-count": (lambda r, t: ["a", "b", "--base", "base", "--method", "ties", "--density",
                                     "0.5", "0.5", "0.5"], "3 densities given for 2 models"),
     "density-for-task-arithmetic": (lambda r, t: _models_recipe(r, t, "task_arithmetic", [
-        ("a", {"weight": 1, "density": 0.5})], base_model=str(r / "base")), "use merge_method: ties"),
+        ("a", {"weight": 1, "density": 0.5})], base_model=str(r / "base")),
+        "use merge_method: ties"),
     "quant-without-gguf": (lambda r, t: ["a", "b", "--method", "linear", "--quant", "q8_0"],
                            "--to gguf only"),
     "dtype-with-gguf": (lambda r, t: ["a", "b", "--method", "linear", "--to", "gguf", "--dtype",
@@ -326,12 +332,14 @@ def test_upscale_writes_gguf(root, tmp_path):
 
 def test_merge_of_a_gguf_base_keeps_its_gguf_tokenizer(root, tmp_path):
     base_gguf = tmp_path / "base.gguf"
-    assert main(["convert", str(root / "base"), str(base_gguf), "--to", "gguf", "--quant", "f32"]) == 0
+    assert main(["convert", str(root / "base"), str(base_gguf), "--to", "gguf",
+                 "--quant", "f32"]) == 0
     out = _run(root, tmp_path, str(base_gguf), "a", "--method", "linear", "--quant", "f32",
                to="gguf")
     ours, theirs = (gguf.GGUFReader(str(p)).fields for p in (out, base_gguf))
     tokenizer_keys = sorted(k for k in theirs if k.startswith("tokenizer."))
-    assert tokenizer_keys and tokenizer_keys == sorted(k for k in ours if k.startswith("tokenizer."))
+    assert tokenizer_keys
+    assert tokenizer_keys == sorted(k for k in ours if k.startswith("tokenizer."))
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
         assert ([bytes(ours[key].parts[i]) for i in ours[key].data]
                 == [bytes(theirs[key].parts[i]) for i in theirs[key].data])

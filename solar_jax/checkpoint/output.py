@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from solar_jax.checkpoint.gguf_writer import check_quant, write_gguf
 from solar_jax.checkpoint.sources import ParamSource
 from solar_jax.checkpoint.writers import write_hf, write_solar
 from solar_jax.config import canonical_dtype
@@ -28,10 +29,10 @@ def check_output(to: str, dst, *, dtype: str | None = None, quant: str | None = 
 
 def check_gguf_options(to: str, dtype, quant, tokenizer) -> None:
     if to == "gguf":
-        from solar_jax.checkpoint.gguf_writer import check_quant  # gguf-py: only when asked
         check_quant(quant)
         if dtype is not None:
-            raise SolarError("--dtype does not apply to GGUF output; choose its encoding with --quant")
+            raise SolarError("--dtype does not apply to GGUF output; choose its encoding "
+                             "with --quant")
     elif quant is not None or not tokenizer:
         raise SolarError("--quant and --no-tokenizer apply to --to gguf only")
 
@@ -44,7 +45,6 @@ def write_source(source: ParamSource, dst, *, to: str = "solar", dtype: str | No
     source's folder or file name)."""
     check_output(to, dst, dtype=dtype, quant=quant, tokenizer=tokenizer)
     if to == "gguf":
-        from solar_jax.checkpoint.gguf_writer import write_gguf
         return write_gguf(source, dst, quant=quant, tokenizer=tokenizer, overwrite=overwrite,
                           name=name)
     if to == "solar":

@@ -2,9 +2,9 @@
 
 Up-scaling (passthrough) and merging (every other method of `solar_jax.merge_methods`)
 are both "each output layer is a function of some layers of some input models", so one
-source serves both: `open_recipe` opens every model (headers only), checks the recipe against them and
-resolves every parameter of every output tensor; `read_leaf` then builds a stacked leaf
-from the inputs' leaves with the method's tensor function. The writers `convert` uses
+source serves both: `open_recipe` opens every model (headers only), checks the recipe
+against them and resolves every parameter of every output tensor; `read_leaf` then builds
+a stacked leaf from the inputs' leaves with the method's tensor function. The writers `convert` uses
 (solar-jax, HF, GGUF) consume it like any other source, so DUS and merges stream exactly
 as convert does and inherit its atomic, nothing-at-DST-on-error output.
 

@@ -13,7 +13,8 @@ from solar_jax.commands.output_flags import add_output_flags
 def register(sub) -> None:
     p = sub.add_parser("merge", help="merge models: linear, slerp, task arithmetic, TIES, "
                                      "Model Stock (or a mergekit recipe)",
-                       epilog=methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=methods_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="HF folders, solar-jax checkpoints or .gguf files")
     p.add_argument("--out", required=True, metavar="DST",

@@ -65,9 +65,10 @@ def method_parameters(args) -> dict:
     out = {}
     for flag, users in _flag_params().items():
         value = getattr(args, _dest(flag))
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
         if value is not None:
-            out[users[0][1].name] = value[0] if isinstance(value, list) and len(value) == 1 \
-                else value
+            out[users[0][1].name] = value
     return out
 
 
