@@ -168,7 +168,8 @@ class MergeMethod:
             given = list(value) if isinstance(value, (list, tuple)) else [value] * n_models
             if len(given) != n_models:
                 plural = p.name[:-1] + "ies" if p.name.endswith("y") else p.name + "s"
-                raise SolarError(f"{len(given)} {plural} given for {n_models} models; give "
+                models = "model" if n_models == 1 else "models"
+                raise SolarError(f"{len(given)} {plural} given for {n_models} {models}; give "
                                  f"one per model (or one for all)")
             for k, v in enumerate(given):
                 if v is not None:
