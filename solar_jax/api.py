@@ -7,13 +7,13 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from solar_jax.checkpoint.memory_source import MemorySource
+from solar_jax.checkpoint.output import FORMATS, write_source
+from solar_jax.checkpoint.output import check_gguf_options as _check_gguf_options
 from solar_jax.checkpoint.sources import open_source
-from solar_jax.checkpoint.writers import numpy_dtype, write_hf, write_solar
+from solar_jax.checkpoint.writers import numpy_dtype
 from solar_jax.config import canonical_dtype
 from solar_jax.errors import SolarError
 from solar_jax.model.transformer import Model
-
-FORMATS = ("solar", "hf", "gguf")
 
 
 def load_model(path: str | Path, dtype: str | None = None, *, compute_dtype: str | None = None,
@@ -54,7 +54,8 @@ def save_model(model: Model, path: str | Path, format: str = "solar", *, dtype: 
                           tokenizer=model.tokenizer)
     if extras is None and source_dir is not None and Path(source_dir).suffix == ".gguf":
         source = _with_gguf_extras(source, Path(source_dir))
-    return _write(source, path, format, dtype, max_shard_size, overwrite, quant, tokenizer)
+    return write_source(source, path, to=format, dtype=dtype, max_shard_size=max_shard_size,
+                        overwrite=overwrite, quant=quant, tokenizer=tokenizer)
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str = "solar", dtype: str | None = None,
@@ -74,30 +75,8 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "solar", dtype: str |
     if to != "gguf" and dst.suffix == ".gguf":
         raise SolarError(f"{dst} names a .gguf file; pass --to gguf to write GGUF")
     _check_gguf_options(to, dtype, quant, tokenizer)
-    return _write(open_source(src), dst, to, dtype, max_shard_size, overwrite, quant, tokenizer)
-
-
-def _check_gguf_options(format, dtype, quant, tokenizer):
-    if format == "gguf":
-        from solar_jax.checkpoint.gguf_writer import check_quant
-        check_quant(quant)
-        if dtype is not None:
-            raise SolarError("--dtype does not apply to GGUF output; choose its encoding with --quant")
-    elif quant is not None or not tokenizer:
-        raise SolarError("--quant and --no-tokenizer apply to --to gguf only")
-
-
-def _write(source, dst, format, dtype, max_shard_size, overwrite, quant=None, tokenizer=True):
-    _check_gguf_options(format, dtype, quant, tokenizer)
-    if format == "gguf":
-        from solar_jax.checkpoint.gguf_writer import write_gguf
-        return write_gguf(source, dst, quant=quant, tokenizer=tokenizer, overwrite=overwrite)
-    if format == "solar":
-        return write_solar(source, dst, dtype=dtype, overwrite=overwrite)
-    if format == "hf":
-        return write_hf(source, dst, dtype=dtype, max_shard_size=max_shard_size,
-                        overwrite=overwrite)
-    raise SolarError(f"unknown output format {format!r}; use one of {', '.join(FORMATS)}")
+    return write_source(open_source(src), dst, to=to, dtype=dtype, max_shard_size=max_shard_size,
+                        overwrite=overwrite, quant=quant, tokenizer=tokenizer)
 
 
 def _with_gguf_extras(source: MemorySource, gguf_path: Path) -> MemorySource:

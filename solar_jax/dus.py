@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from solar_jax import merge_methods
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
 
@@ -78,19 +79,23 @@ def upscale(params: dict, config: ModelConfig, ranges: Sequence[Sequence[int]]):
 def upscale_checkpoint(src: str | Path, dst: str | Path, *, m: int | None = None,
                        recipe: str | Path | None = None, to: str = "solar",
                        dtype: str | None = None, max_shard_size: str | int = "5GB",
-                       overwrite: bool = False) -> Path:
-    """Up-scale SRC into DST: SOLAR's recipe with `m`, or a mergekit passthrough `recipe`
-    (SRC is the model of slices that name none). Everything is validated from headers
-    before any tensor is read; tensors then stream one stacked leaf at a time."""
+                       overwrite: bool = False, quant: str | None = None,
+                       tokenizer: bool = True) -> Path:
+    """Up-scale SRC into DST (any format convert writes: to="solar" | "hf" | "gguf", GGUF
+    encoded by `quant`): SOLAR's recipe with `m`, or a mergekit passthrough `recipe` (SRC
+    is the model of slices that name none). Everything is validated from headers before
+    any tensor is read; tensors then stream one stacked leaf at a time."""
+    from solar_jax.checkpoint.output import check_output
     from solar_jax.checkpoint.recipe_source import open_recipe, write_recipe
     from solar_jax.checkpoint.sources import open_source
     from solar_jax.recipes import InputSlice, OutputSlice, Recipe, load_recipe
 
     if (m is None) == (recipe is None):
         raise SolarError("give either --m (SOLAR's recipe) or --recipe RECIPE.yaml")
+    check_output(to, dst, dtype=dtype, quant=quant, tokenizer=tokenizer)
     if recipe is not None:
         plan = load_recipe(recipe, default_model=str(src))
-        if plan.merge_method != "passthrough":
+        if not merge_methods.get(plan.merge_method).stacks_layers:
             raise SolarError(f"recipe merge_method is {plan.merge_method!r}; upscale runs "
                              f"passthrough recipes (weight merges: solar-jax merge)")
     else:
@@ -98,4 +103,5 @@ def upscale_checkpoint(src: str | Path, dst: str | Path, *, m: int | None = None
         plan = Recipe("passthrough", tuple(OutputSlice((InputSlice(str(src), r, {}),), {})
                                            for r in solar_ranges(n, m)))
     source = open_recipe(plan, dtype=dtype, dst=dst, overwrite=overwrite)
-    return write_recipe(source, dst, to=to, max_shard_size=max_shard_size, overwrite=overwrite)
+    return write_recipe(source, dst, to=to, max_shard_size=max_shard_size, overwrite=overwrite,
+                        quant=quant, tokenizer=tokenizer)

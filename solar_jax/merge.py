@@ -1,15 +1,14 @@
-"""Model merging: linear averaging, slerp and task arithmetic, tensor by tensor in fp32.
+"""Model merging, tensor by tensor in fp32, with any method of `solar_jax.merge_methods`.
 
-The array functions follow mergekit's definitions exactly (so recipes give the same
-models), with the arithmetic always in fp32 whatever the stored dtype:
+The methods (linear, slerp, task_arithmetic, ties, model_stock) follow mergekit's
+definitions exactly, so recipes give the same models; each is one module declaring its
+parameters, arity and tensor function. `merge_params` applies them to in-memory params
+trees; `merge_checkpoints` streams files through `RecipeSource`, one tensor (one layer of
+a stacked leaf) at a time, into any format `convert` writes.
 
-    linear           sum_i w_i x_i  (/ sum_i w_i when normalize)
-    slerp            per tensor: angle between the normalized tensors, interpolate the
-                     original tensors along the great circle; lerp when |cos| > 0.9995
-    task_arithmetic  base + lambda * sum_i w_i (x_i - base)  (/ sum_i w_i when normalize)
-
-`merge_params` applies them to in-memory params trees; `merge_checkpoints` streams files
-through `RecipeSource`, one tensor (one layer of a stacked leaf) at a time.
+Parameters use mergekit's names (`weight`, `density`, `t`, `normalize`, `lambda`, ...).
+A per-model parameter is one value for every model or a list with one per model (the
+base not counted); `weights=`, `t=` and `normalize=` are shorthands for the common ones.
 """
 
 from __future__ import annotations
@@ -19,138 +18,94 @@ from typing import Sequence
 
 import numpy as np
 
+from solar_jax import merge_methods
+from solar_jax.checkpoint import hf_names
+from solar_jax.checkpoint.output import check_output
+from solar_jax.checkpoint.recipe_source import open_recipe, write_recipe
 from solar_jax.errors import SolarError
-
-METHODS = ("linear", "slerp", "task_arithmetic")
-DOT_THRESHOLD = 0.9995  # mergekit's: above it the tensors are treated as colinear
-EPS = 1e-8
-
-
-def _f32(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
+from solar_jax.merge_methods.linear import linear  # noqa: F401  (array functions, re-exported)
+from solar_jax.merge_methods.model_stock import model_stock  # noqa: F401
+from solar_jax.merge_methods.slerp import slerp  # noqa: F401
+from solar_jax.merge_methods.task_arithmetic import task_arithmetic  # noqa: F401
+from solar_jax.merge_methods.ties import ties  # noqa: F401
+from solar_jax.recipes import InputSlice, OutputSlice, Recipe, load_recipe
 
 
-def linear(arrays: Sequence[np.ndarray], weights: Sequence[float],
-           normalize: bool = True) -> np.ndarray:
-    if len(arrays) != len(weights):
-        raise SolarError(f"{len(weights)} weights for {len(arrays)} models")
-    out = np.zeros(np.shape(arrays[0]), np.float32)
-    for x, w in zip(arrays, weights):
-        out += np.float32(w) * _f32(x)
-    if normalize:
-        total = float(np.float32(sum(np.float32(w) for w in weights)))
-        if total == 0:
-            raise SolarError("linear merge weights sum to 0; cannot normalize "
-                             "(pass --no-normalize or other weights)")
-        out /= np.float32(total)
-    return out
-
-
-def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
-    """Spherical interpolation from `a` (t=0) to `b` (t=1), treating each tensor as one
-    vector; the normalized copies only give the angle, the originals are interpolated."""
-    a, b = _f32(a), _f32(b)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    ua = a / na if na > EPS else a
-    ub = b / nb if nb > EPS else b
-    dot = np.sum(ua * ub)
-    if np.abs(dot) > DOT_THRESHOLD:
-        return (1 - t) * a + t * b
-    theta0 = np.arccos(dot)
-    sin0 = np.sin(theta0)
-    theta_t = theta0 * t
-    s0 = np.sin(theta0 - theta_t) / sin0
-    s1 = np.sin(theta_t) / sin0
-    return (s0 * a + s1 * b).astype(np.float32)
-
-
-def task_arithmetic(base: np.ndarray, arrays: Sequence[np.ndarray], weights: Sequence[float],
-                    normalize: bool = False, lam: float = 1.0) -> np.ndarray:
-    if len(arrays) != len(weights):
-        raise SolarError(f"{len(weights)} weights for {len(arrays)} models")
-    base = _f32(base)
-    delta = np.zeros(base.shape, np.float32)
-    for x, w in zip(arrays, weights):
-        delta += np.float32(w) * (_f32(x) - base)
-    if normalize:
-        total = float(sum(weights))
-        delta /= np.float32(total if abs(total) >= 1e-8 else 1.0)  # mergekit's guard
-    return base + np.float32(lam) * delta
+def parameter_values(weights=None, t=None, normalize=None, parameters=None) -> dict:
+    """The shorthand keywords folded into one mergekit-named dict."""
+    values = dict(parameters or {})
+    for name, value in (("weight", weights), ("t", t), ("normalize", normalize)):
+        if value is None:
+            continue
+        if values.get(name) is not None:
+            raise SolarError(f"{name} given twice (as a keyword and in parameters)")
+        values[name] = list(value) if name == "weight" else value
+    return values
 
 
 # ---- whole params trees in memory ---------------------------------------------------------
 
 
-def check_method_args(method: str, n: int, weights, t, normalize) -> tuple[list[float], bool]:
-    """Validate and default the arguments of a merge of n models (the base not counted)."""
-    if method not in METHODS:
-        raise SolarError(f"unknown merge method {method!r}; use one of {', '.join(METHODS)}")
-    if method == "slerp":
-        if t is None:
-            raise SolarError("slerp needs t (the interpolation factor toward the second model)")
-        if not 0.0 <= float(t) <= 1.0:
-            raise SolarError(f"t must be in [0, 1], got {t}")
-        if weights is not None or normalize is not None:
-            raise SolarError("slerp takes t only, not weights or normalize")
-        return [], False
-    if t is not None:
-        raise SolarError(f"{method} takes weights, not t")
-    if weights is None:
-        weights = [1.0 / n] * n if method == "linear" else [1.0] * n
-    weights = [float(w) for w in weights]
-    if len(weights) != n:
-        raise SolarError(f"{len(weights)} weights given for {n} models; give one per model")
-    if normalize is None:
-        normalize = method == "linear"  # mergekit's defaults
-    if method == "linear" and normalize and sum(weights) == 0:
-        raise SolarError("linear merge weights sum to 0; cannot normalize")
-    return weights, bool(normalize)
-
-
-def merge_params(params_list: Sequence[dict], method: str, *, weights=None, t=None,
-                 base: dict | None = None, normalize: bool | None = None) -> dict:
+def merge_params(params_list: Sequence[dict], method: str, *, base: dict | None = None,
+                 weights=None, t=None, normalize: bool | None = None,
+                 parameters: dict | None = None) -> dict:
     """Merge params trees of one architecture (e.g. `Model.params`) on the host.
 
-    linear: weighted average of all trees; slerp: exactly two trees, t toward the second;
-    task_arithmetic: `base` plus the weighted task vectors of the trees. The result has
-    the dtype of the first tree. Stacked layer leaves are merged layer by layer, as each
-    layer is its own tensor in mergekit (this matters for slerp's angle).
+    linear: weighted average of the trees; slerp: two trees, t toward the second (or
+    `base` and one tree); task_arithmetic / ties / model_stock: `base` plus the trees.
+    The result has the dtype of the base (else of the first tree). Stacked layer leaves
+    are merged layer by layer, as each layer is its own tensor in mergekit (this matters
+    for slerp's and model_stock's angles and for ties' trimming).
     """
     import jax
 
-    params_list = list(params_list)
-    if not params_list:
+    spec = merge_methods.get(method)
+    if spec.stacks_layers:
+        raise SolarError(f"{method} stacks layers; use solar_jax.dus.upscale")
+    others = list(params_list)
+    if not others:
         raise SolarError("nothing to merge")
-    weights, normalize = check_method_args(method, len(params_list), weights, t, normalize)
-    if method == "slerp" and len(params_list) != 2:
-        raise SolarError(f"slerp merges exactly two models, got {len(params_list)}")
-    if method == "task_arithmetic" and base is None:
-        raise SolarError("task_arithmetic needs a base model")
-    trees = params_list + ([base] if method == "task_arithmetic" else [])
+    if spec.base == "none" and base is not None:
+        raise SolarError(f"{method} takes no base (it weights every model)")
+    if spec.base == "required" and base is None:
+        raise SolarError(f"{method} needs a base model ({spec.base_help})")
+    if spec.base == "first" and base is None:
+        base, others = others[0], others[1:]
+    count = len(others) + (base is not None)
+    if count < spec.min_models or (spec.max_models is not None and count > spec.max_models):
+        raise SolarError(f"{method} merges {spec.arity()}, got {count}")
+    params, model_params = spec.resolve(parameter_values(weights, t, normalize, parameters),
+                                        len(others), where="merge_params")
+    trees = ([base] if base is not None else []) + others
     flat = [jax.tree_util.tree_flatten_with_path(tree) for tree in trees]
     for k, (leaves, treedef) in enumerate(flat[1:], 1):
         if treedef != flat[0][1]:
             raise SolarError(f"model {k + 1} has a different parameter tree than model 1")
+    rules = {r.path: r for r in hf_names.RULES}
 
-    def one(arrays: list[np.ndarray]) -> np.ndarray:
-        if method == "linear":
-            return linear(arrays, weights, normalize)
-        if method == "slerp":
-            return slerp(arrays[0], arrays[1], float(t))
-        return task_arithmetic(arrays[-1], arrays[:-1], weights, normalize)
+    def one(arrays: list[np.ndarray], rule, name: str) -> np.ndarray:
+        problem = spec.check(params, model_params, arrays[0].size) if spec.check else None
+        if problem:
+            raise SolarError(f"{name}: {problem}")
+        if base is None:
+            return spec.merge(None, arrays, params, model_params, rule)
+        return spec.merge(arrays[0], arrays[1:], params, model_params, rule)
 
     out = []
     for i, (path, first) in enumerate(flat[0][0]):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        keys = tuple(str(getattr(k, "key", k)) for k in path)
+        name = "/".join(keys)
         arrays = [np.asarray(jax.device_get(f[0][i][1])) for f in flat]
         for k, a in enumerate(arrays[1:], 1):
             if a.shape != arrays[0].shape:
                 raise SolarError(f"cannot merge: tensor {name} has shape {list(a.shape)} in "
                                  f"model {k + 1} but {list(arrays[0].shape)} in model 1")
-        if name.startswith("layers/"):  # stacked: one tensor per layer
-            merged = np.stack([one([a[l] for a in arrays]) for l in range(arrays[0].shape[0])])
+        rule = rules.get(keys)
+        if keys[0] == "layers":  # stacked: one tensor per layer
+            merged = np.stack([one([a[l] for a in arrays], rule, f"{name}[{l}]")
+                               for l in range(arrays[0].shape[0])])
         else:
-            merged = one(arrays)
+            merged = one(arrays, rule, name)
         out.append(merged.astype(np.asarray(first).dtype))
     return jax.tree_util.tree_unflatten(flat[0][1], out)
 
@@ -159,58 +114,58 @@ def merge_params(params_list: Sequence[dict], method: str, *, weights=None, t=No
 
 
 def merge_checkpoints(models: Sequence[str | Path] | None, dst: str | Path, *,
-                      method: str | None = None, weights=None, t=None, base=None,
-                      normalize: bool | None = None, recipe: str | Path | None = None,
-                      to: str = "solar", dtype: str | None = None,
-                      max_shard_size: str | int = "5GB", overwrite: bool = False) -> Path:
-    """Merge checkpoints (any format convert reads) into DST, streaming tensor by tensor.
+                      method: str | None = None, base=None, weights=None, t=None,
+                      normalize: bool | None = None, parameters: dict | None = None,
+                      recipe: str | Path | None = None, to: str = "solar",
+                      dtype: str | None = None, quant: str | None = None,
+                      tokenizer: bool = True, max_shard_size: str | int = "5GB",
+                      overwrite: bool = False) -> Path:
+    """Merge checkpoints (any format convert reads) into DST (any format convert writes:
+    to="solar" | "hf" | "gguf", GGUF encoded by `quant`), streaming tensor by tensor.
 
-    Either flags (models, method, weights/t, base, normalize) or a mergekit `recipe`
-    (linear, slerp or task_arithmetic); everything is validated before a tensor is read.
+    Either flags (models, method, base, parameters and the weights/t/normalize shorthands)
+    or a mergekit `recipe`; everything is validated before a tensor is read.
     """
-    from solar_jax.checkpoint.recipe_source import open_recipe, write_recipe
-    from solar_jax.recipes import load_recipe
-
+    check_output(to, dst, dtype=dtype, quant=quant, tokenizer=tokenizer)
+    values = parameter_values(weights, t, normalize, parameters)
     if recipe is not None:
-        given = [f for f, v in (("models", models), ("method", method), ("weights", weights),
-                                ("t", t), ("base", base), ("normalize", normalize))
-                 if v is not None and v != []]
+        given = [f for f, v in (("models", models), ("method", method), ("base", base),
+                                *values.items()) if v is not None and v != []]
         if given:
             raise SolarError(f"with a recipe, give {given[0]} in the recipe, not on the "
                              f"command line")
         plan = load_recipe(recipe)
-        if plan.merge_method not in METHODS:
+        if merge_methods.get(plan.merge_method).stacks_layers:
             raise SolarError(f"recipe merge_method is {plan.merge_method!r}; merge runs "
-                             f"{', '.join(METHODS)} (passthrough recipes: solar-jax upscale)")
+                             f"{', '.join(merge_methods.names(stacks_layers=False))} "
+                             f"(passthrough recipes: solar-jax upscale)")
     else:
-        plan = recipe_from_flags(models or [], method, weights, t, base, normalize)
+        plan = recipe_from_flags(models or [], method, base, values)
     source = open_recipe(plan, dtype=dtype, dst=dst, overwrite=overwrite)
-    return write_recipe(source, dst, to=to, max_shard_size=max_shard_size, overwrite=overwrite)
+    return write_recipe(source, dst, to=to, max_shard_size=max_shard_size, overwrite=overwrite,
+                        quant=quant, tokenizer=tokenizer)
 
 
-def recipe_from_flags(models, method, weights, t, base, normalize):
-    """The command line's merge as a recipe in `models:` form (so one code path runs both)."""
-    from solar_jax.recipes import InputSlice, OutputSlice, Recipe
-
-    models = [str(m) for m in models]
+def recipe_from_flags(models, method, base, values: dict) -> Recipe:
+    """The command line's merge as a recipe in `models:` form (so one code path runs both):
+    per-model values go on each model, the rest at the top level."""
+    merging = merge_methods.names(stacks_layers=False)
     if method is None:
-        raise SolarError("choose a merge method with --method (linear, slerp, task_arithmetic)")
+        raise SolarError(f"choose a merge method with --method ({', '.join(merging)})")
+    spec = merge_methods.get(method)
+    if spec.stacks_layers:
+        raise SolarError(f"{method} stacks layers: use solar-jax upscale "
+                         f"(merge runs {', '.join(merging)})")
+    models = [str(m) for m in models]
     if not models:
         raise SolarError("no models to merge")
-    if method == "linear" and base is not None:
-        raise SolarError("linear merges take no --base (it weights every model)")
-    if method == "task_arithmetic" and base is None:
-        raise SolarError("task_arithmetic needs --base (the model the task vectors start from)")
-    if method == "slerp":
-        pair = models if base is None or str(base) in models else [str(base), *models]
-        if len(pair) != 2:
-            raise SolarError(f"slerp merges exactly two models, got {len(pair)}")
-        base = base if base is not None else pair[0]
-        models = pair
-    n = len(models)
-    weights, normalize = check_method_args(method, n, weights, t, normalize)
-    sources = tuple(InputSlice(m, None, {"weight": w} if weights else {})
-                    for m, w in zip(models, weights or [None] * n))
-    params = {"t": float(t)} if method == "slerp" else {"normalize": normalize}
+    if spec.base == "none" and base is not None:
+        raise SolarError(f"{method} merges take no --base (it weights every model)")
+    if spec.base == "required" and base is None:
+        raise SolarError(f"{method} needs --base ({spec.base_help})")
+    if spec.base == "first" and base is None:
+        base = models[0]
+    params, model_params = spec.resolve(values, len(models))
+    sources = tuple(InputSlice(m, None, p) for m, p in zip(models, model_params))
     return Recipe(method, (OutputSlice(sources, {}),), base_model=str(base) if base else None,
                   parameters=params, from_models=True)

@@ -6,7 +6,7 @@
             layer_range: [0, 24] # half-open, as in mergekit
             parameters: {weight: 0.5}
         parameters: {...}        # slice-level parameters
-    merge_method: passthrough | linear | slerp | task_arithmetic
+    merge_method: passthrough | linear | slerp | task_arithmetic | ties | model_stock
     base_model: PATH
     parameters: {t: 0.5, normalize: true, ...}
     dtype: bfloat16              # and out_dtype, as mergekit
@@ -14,8 +14,10 @@
 A parameter value is a number/bool, a gradient (list of numbers, interpolated over the
 layers of a slice) or a list of {filter, value} conditions matched against the Hugging Face
 tensor name — the same lookup mergekit does (`evaluate_setting` below reproduces it).
-Only syntax and values are checked here; layer counts and architectures are checked when
-the models are opened (recipe_source.open_recipe), still before any tensor is read.
+Which parameters a method takes, their types and ranges come from its record in
+`solar_jax.merge_methods`. Only syntax and values are checked here; layer counts and
+architectures are checked when the models are opened (recipe_source.open_recipe), still
+before any tensor is read.
 """
 
 from __future__ import annotations
@@ -26,18 +28,10 @@ from typing import Any
 
 import yaml
 
+from solar_jax import merge_methods
 from solar_jax.config import canonical_dtype
 from solar_jax.errors import SolarError
 
-METHODS = ("passthrough", "linear", "slerp", "task_arithmetic")
-# Parameters each method reads. int8_mask/rescale are accepted because task_arithmetic
-# recipes copied from DARE/TIES ones carry them; they change nothing without sparsification.
-METHOD_PARAMETERS = {
-    "passthrough": {"scale"},
-    "linear": {"weight", "normalize"},
-    "slerp": {"t"},
-    "task_arithmetic": {"weight", "normalize", "lambda", "density", "int8_mask", "rescale"},
-}
 TOP_LEVEL_KEYS = {"slices", "models", "merge_method", "base_model", "dtype", "out_dtype",
                   "parameters", "tokenizer_source"}
 
@@ -89,8 +83,7 @@ def parse_recipe(data: Any, default_model: str | None = None,
         raise SolarError(f"recipe key {unknown[0]!r} is not supported "
                          f"(supported: {', '.join(sorted(TOP_LEVEL_KEYS))})")
     method = data.get("merge_method")
-    if method not in METHODS:
-        raise SolarError(f"unknown merge_method {method!r}; use one of {', '.join(METHODS)}")
+    merge_methods.get(method, "merge_method")
     if data.get("tokenizer_source") not in (None, "base"):
         raise SolarError("tokenizer_source other than `base` is not supported (the output "
                          "keeps the base model's tokenizer)")
@@ -119,9 +112,10 @@ def parse_recipe(data: Any, default_model: str | None = None,
             for j, src in enumerate(_as_list(raw.get("sources"), f"{where} sources"), 1):
                 swhere = f"{where} source {j}"
                 src = _mapping(src, swhere, {"model", "layer_range", "parameters"})
-                sources.append(InputSlice(model_path(src.get("model"), swhere),
-                                          _layer_range(src.get("layer_range"), swhere),
-                                          _params(src.get("parameters"), method, swhere)))
+                model = model_path(src.get("model"), swhere)
+                sources.append(InputSlice(model, _layer_range(src.get("layer_range"), swhere),
+                                          _params(src.get("parameters"), method,
+                                                  f"{swhere} ({model})", model_level=True)))
             out.append(OutputSlice(tuple(sources), _params(raw.get("parameters"), method, where)))
         slices = tuple(out)
     else:
@@ -131,8 +125,10 @@ def parse_recipe(data: Any, default_model: str | None = None,
             if isinstance(entry, str):
                 entry = {"model": entry}
             entry = _mapping(entry, where, {"model", "parameters"})
-            models.append(InputSlice(model_path(entry.get("model"), where), None,
-                                     _params(entry.get("parameters"), method, where)))
+            model = model_path(entry.get("model"), where)
+            models.append(InputSlice(model, None, _params(entry.get("parameters"), method,
+                                                          f"{where} ({model})",
+                                                          model_level=True)))
         slices = (OutputSlice(tuple(models), {}),)
     base = data.get("base_model")
     dtype = data.get("out_dtype") or data.get("dtype")  # out_dtype wins, as in mergekit
@@ -234,18 +230,24 @@ def _layer_range(value, where: str) -> tuple[int, int]:
     return (a, b)
 
 
-def _params(value, method: str, where: str) -> dict:
+def _params(value, method: str, where: str, model_level: bool = False) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise SolarError(f"{where}: parameters must be a mapping, got {value!r}")
+    spec = merge_methods.get(method)
     for name, setting in value.items():
-        if name not in METHOD_PARAMETERS[method]:
-            known = ", ".join(sorted(METHOD_PARAMETERS[method]))
+        param = spec.param(name)
+        if param is None:
             raise SolarError(f"{where}: parameter {name!r} is not used by {method} "
-                             f"(it takes {known})")
+                             f"(it takes {spec.param_names()})")
+        if model_level and not param.per_model:
+            # mergekit reads it for the whole merge only: here it would be silently ignored
+            raise SolarError(f"{where}: {name} is a parameter of the whole {method} merge, "
+                             f"not of one model; set it in the slice's or the top-level "
+                             f"parameters")
         for v in _leaves(setting, f"{where} {name}"):
-            _check_value(name, v, f"{where} {name}")
+            param.validate(v, where)
     return dict(value)
 
 
@@ -267,17 +269,3 @@ def _leaves(setting, where: str) -> list:
         return out
     raise SolarError(f"{where}: expected a number, a list of numbers or a list of "
                      f"{{filter, value}} conditions, got {setting!r}")
-
-
-def _check_value(name: str, v, where: str) -> None:
-    if name in ("normalize", "int8_mask", "rescale"):
-        if not isinstance(v, bool):
-            raise SolarError(f"{where} must be true or false, got {v!r}")
-        return
-    if isinstance(v, bool):
-        raise SolarError(f"{where} must be a number, got {v!r}")
-    if name == "t" and not 0.0 <= v <= 1.0:
-        raise SolarError(f"{where}: t must be in [0, 1], got {v}")
-    if name == "density" and v != 1:
-        raise SolarError(f"{where}: density {v} needs sparsification (DARE/TIES), which "
-                         f"solar-jax does not implement; task_arithmetic takes density 1")

@@ -55,6 +55,9 @@ def gguf_origin(source):
 
     if isinstance(source, GGUFSource):
         return source
+    inner = getattr(source, "extras_source", None)  # a merge or up-scale carries its base's
+    if inner is not None:
+        return gguf_origin(inner)
     owner = getattr(getattr(source, "copy_extras", None), "__self__", None)
     if isinstance(owner, GGUFSource):  # api.save_model of a model loaded from a GGUF
         return owner

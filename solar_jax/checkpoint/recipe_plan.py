@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from solar_jax import merge_methods
 from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.sources import ParamSource
 from solar_jax.checkpoint.writers import numpy_dtype
@@ -28,15 +29,14 @@ ARCH_FIELDS = ("model_type", "hidden_size", "num_heads", "num_kv_heads", "head_d
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """How to compute one output tensor: `inputs` are (model key, layer or None)."""
+    """How to compute one output tensor: `inputs` are (model key, layer or None); `params`
+    are the method's global parameters and `model_params` one dict per input, all resolved
+    for this tensor (the base's entry is empty: no method reads parameters of the base)."""
     method: str
     inputs: tuple[tuple[str, int | None], ...]
-    scale: float | None = None          # passthrough
-    weights: tuple[float, ...] = ()     # linear: one per input; task_arithmetic: non-base
-    normalize: bool = False
-    t: float = 0.0                      # slerp
-    base: int = 0                       # slerp / task_arithmetic: index of the base input
-    lam: float = 1.0                    # task_arithmetic's lambda
+    base: int | None                    # index of the base among inputs; None: no base
+    params: dict
+    model_params: tuple[dict, ...]
 
 
 @dataclasses.dataclass
@@ -60,10 +60,12 @@ class _Input:
 
 
 def build_plan(recipe: Recipe, sources: dict[str, ParamSource], key, dtype: str | None) -> Plan:
-    method = recipe.merge_method
+    method = merge_methods.get(recipe.merge_method)
+    if method.base == "required" and not recipe.base_model:
+        raise SolarError(f"{method.name} needs base_model ({method.base_help})")
     base = key(recipe.base_model) if recipe.base_model else key(recipe.slices[0].sources[0].model)
     slices = [_inputs(k, s, sources, key) for k, s in enumerate(recipe.slices, 1)]
-    if recipe.from_models and method in ("slerp", "task_arithmetic"):
+    if recipe.from_models and method.uses_base:
         if all(i.key != base for i in slices[0]):  # mergekit adds a base missing from `models`
             n = sources[base].config.num_layers
             slices[0].append(_Input(base, recipe.base_model, 0, n, {}, "base_model"))
@@ -77,7 +79,9 @@ def build_plan(recipe: Recipe, sources: dict[str, ParamSource], key, dtype: str 
     config = sources[base].config.replace(num_layers=sum(i[0].end - i[0].start for i in slices))
     resolver = _Resolver(recipe, method, base)
     rules = hf_names.rules_for(config)
-    plan = Plan(method, base, [], {r.path: [] for r in rules if r.stacked}, {}, out_dtype)
+    numel = {r.path: int(np.prod(sources[base].leaf_spec(r.path)[0][1 if r.stacked else 0:]))
+             for r in rules}
+    plan = Plan(method.name, base, [], {r.path: [] for r in rules if r.stacked}, {}, out_dtype)
     for k, inputs in enumerate(slices):
         n = inputs[0].end - inputs[0].start
         for o in range(n):
@@ -89,17 +93,17 @@ def build_plan(recipe: Recipe, sources: dict[str, ParamSource], key, dtype: str 
                     names = [rule.hf_name.format(i=i.start + o) for i in inputs]
                     plan.jobs[rule.path].append(resolver.job(
                         recipe.slices[k], inputs, [i.start + o for i in inputs],
-                        rule.hf_name.format(i=out_layer), names, t))
+                        rule.hf_name.format(i=out_layer), names, t, numel[rule.path]))
     for rule in rules:
         if not rule.stacked:  # embeddings from the first slice, the rest from the last
             first = rule.path[0] == "embed"
             k = 0 if first else len(slices) - 1
             inputs = slices[k]
-            if method == "passthrough":
+            if method.stacks_layers:
                 inputs = [_Input(base, "", 0, 0, {}, "base_model")]
             plan.globals[rule.path] = resolver.job(
                 recipe.slices[k], inputs, [None] * len(inputs), rule.hf_name,
-                [rule.hf_name] * len(inputs), 0.0 if first else 1.0)
+                [rule.hf_name] * len(inputs), 0.0 if first else 1.0, numel[rule.path])
     return plan
 
 
@@ -116,7 +120,7 @@ def _inputs(k: int, s: OutputSlice, sources, key) -> list[_Input]:
     return out
 
 
-def _check_slice(method: str, k: int, inputs: list[_Input], base: str, from_models: bool):
+def _check_slice(method, k: int, inputs: list[_Input], base: str, from_models: bool):
     where = "models" if from_models else f"slice {k}"
     lengths = {i.end - i.start for i in inputs}
     if len(lengths) > 1:
@@ -124,13 +128,15 @@ def _check_slice(method: str, k: int, inputs: list[_Input], base: str, from_mode
         what = "the models have" if from_models else f"slice {k} sources have"
         raise SolarError(f"{what} different numbers of layers ({counts}); "
                          f"merged layers must pair up one to one")
-    if method == "passthrough" and len(inputs) != 1:
-        raise SolarError(f"{where}: passthrough takes exactly one source per slice, "
-                         f"got {len(inputs)}")
-    if method == "slerp" and len(inputs) != 2:
-        raise SolarError(f"{where}: slerp merges exactly two models, got {len(inputs)}")
-    if method in ("slerp", "task_arithmetic") and all(i.key != base for i in inputs):
-        raise SolarError(f"{where}: base_model is not among the sources; {method} "
+    n = len(inputs)
+    if method.stacks_layers and n != 1:
+        raise SolarError(f"{where}: {method.name} takes exactly one source per slice, got {n}")
+    if n < method.min_models or (method.max_models is not None and n > method.max_models):
+        copy = ("; a single model would only be copied (solar-jax convert does that)"
+                if n == 1 else "")
+        raise SolarError(f"{where}: {method.name} merges {method.arity()}, got {n}{copy}")
+    if method.uses_base and all(i.key != base for i in inputs):
+        raise SolarError(f"{where}: base_model is not among the sources; {method.name} "
                          f"starts from the base")
 
 
@@ -141,7 +147,7 @@ def _check_compatible(method, base, recipe, slices, sources) -> None:
             other = sources[inp.key]
             if other is ref:
                 continue
-            if method != "passthrough":
+            if not method.stacks_layers:
                 _check_tensors(ref, other, inp.name, recipe.base_model or slices[0][0].name)
             for field in ARCH_FIELDS:
                 a, b = getattr(other.config, field), getattr(ref.config, field)
@@ -171,10 +177,13 @@ def _check_tensors(ref: ParamSource, other: ParamSource, name: str, ref_name: st
 
 
 class _Resolver:
-    def __init__(self, recipe: Recipe, method: str, base: str):
+    """Every parameter of one output tensor, looked up as mergekit does: the source's own
+    parameters (per-model ones only), then the slice's, then the top level."""
+
+    def __init__(self, recipe: Recipe, method, base: str):
         self.recipe, self.method, self.base = recipe, method, base
 
-    def get(self, name, out_slice: OutputSlice, inp, tensor: str, t: float, default=None):
+    def get(self, name, out_slice: OutputSlice, inp, tensor: str, t: float):
         levels = ([inp.params] if inp is not None else []) + [out_slice.parameters,
                                                              self.recipe.parameters]
         for params in levels:
@@ -182,31 +191,37 @@ class _Resolver:
                 value = evaluate_setting(params[name], tensor, t)
                 if value is not None:
                     return value
-        return default
+        return None
 
-    def job(self, out_slice, inputs: list[_Input], layers, out_name: str, in_names, t) -> Job:
-        refs = tuple((i.key, layer) for i, layer in zip(inputs, layers))
+    def job(self, out_slice, inputs: list[_Input], layers, out_name: str, in_names, t,
+            numel: int) -> Job:
         m = self.method
-        if m == "passthrough":
-            return Job(m, refs, scale=self.get("scale", out_slice, None, out_name, t))
-        if m == "slerp":
-            value = self.get("t", out_slice, None, out_name, t)
-            if value is None:
-                raise SolarError(f"slerp needs parameter t (none given for {out_name})")
-            base = next(k for k, i in enumerate(inputs) if i.key == self.base)
-            return Job(m, refs, t=float(value), base=base)
-        base = next((k for k, i in enumerate(inputs) if i.key == self.base), 0)
-        weighted = [(i, n) for k, (i, n) in enumerate(zip(inputs, in_names))
-                    if m == "linear" or k != base]
-        weights = []
-        for inp, name in weighted:
-            w = self.get("weight", out_slice, inp, name, t)
-            if w is None:
-                raise SolarError(f"{inp.where}: no weight for {name} ({m} needs one per model)")
-            weights.append(float(w))
-        normalize = bool(self.get("normalize", out_slice, None, out_name, t, m == "linear"))
-        if m == "linear" and normalize and sum(weights) == 0:
-            raise SolarError(f"linear weights for {out_name} sum to 0; cannot normalize")
-        lam = float(self.get("lambda", out_slice, None, out_name, t, 1.0))
-        return Job(m, refs, weights=tuple(weights), normalize=normalize, base=base, lam=lam)
+        refs = tuple((i.key, layer) for i, layer in zip(inputs, layers))
+        base = next((k for k, i in enumerate(inputs) if i.key == self.base), None)
+        base = base if m.uses_base else None
+        params = {}
+        for p in m.params:
+            if not p.per_model:
+                params[p.name] = self._value(p, out_slice, None, out_name, t, out_name)
+        model_params = []
+        for k, (inp, name) in enumerate(zip(inputs, in_names)):
+            model_params.append({} if k == base else {
+                p.name: self._value(p, out_slice, inp, name, t, out_name)
+                for p in m.params if p.per_model})
+        problem = m.check(params, [mp for k, mp in enumerate(model_params) if k != base],
+                          numel) if m.check else None
+        if problem:
+            raise SolarError(f"{out_name}: {problem}")
+        return Job(m.name, refs, base, params, tuple(model_params))
 
+    def _value(self, p, out_slice, inp, name: str, t: float, out_name: str):
+        value = self.get(p.name, out_slice, inp, name, t)
+        if value is None:
+            if p.recipe_required or p.default is merge_methods.REQUIRED:
+                if p.per_model:
+                    raise SolarError(f"{inp.where}: no {p.name} for {name} ({self.method.name} "
+                                     f"needs one per model)")
+                raise SolarError(f"{self.method.name} needs parameter {p.name} (none given "
+                                 f"for {out_name})")
+            value = p.default_for(1)
+        return value if value is None else p.kind(value)

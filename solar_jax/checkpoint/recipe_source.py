@@ -1,12 +1,12 @@
 """RecipeSource: the model a recipe describes, as a ParamSource computed leaf by leaf.
 
-Up-scaling (passthrough) and merging (linear, slerp, task_arithmetic) are both "each
-output layer is a function of some layers of some input models", so one source serves
-both: `open_recipe` opens every model (headers only), checks the recipe against them and
-resolves every parameter of every output tensor; `read_leaf` then builds a stacked leaf
-from the inputs' leaves. write_solar / write_hf consume it like any other source, so DUS
-and merges stream exactly as convert does and inherit its atomic, nothing-at-DST-on-error
-output.
+Up-scaling (passthrough) and merging (every other method of `solar_jax.merge_methods`)
+are both "each output layer is a function of some layers of some input models", so one
+source serves both: `open_recipe` opens every model (headers only), checks the recipe
+against them and resolves every parameter of every output tensor; `read_leaf` then builds
+a stacked leaf from the inputs' leaves with the method's tensor function. The writers `convert` uses
+(solar-jax, HF, GGUF) consume it like any other source, so DUS and merges stream exactly
+as convert does and inherit its atomic, nothing-at-DST-on-error output.
 
 Which input weights feed which output, following mergekit: layer o of slice s reads layer
 start+o of every source of s. Embeddings come from the first slice's sources and the final
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from solar_jax import merge_methods
+from solar_jax.checkpoint import hf_names
+from solar_jax.checkpoint.output import write_source
 from solar_jax.checkpoint.recipe_plan import Job, build_plan
 from solar_jax.checkpoint.sources import NamedTensorSource, ParamSource, open_source
-from solar_jax.checkpoint.writers import check_destination, write_hf, write_solar
+from solar_jax.checkpoint.writers import check_destination
 from solar_jax.errors import SolarError
-from solar_jax.merge import linear, slerp, task_arithmetic
 from solar_jax.recipes import Recipe, write_recipe_file
-
-FORMATS = ("solar", "hf")
 
 
 class RecipeSource(ParamSource):
@@ -39,6 +39,13 @@ class RecipeSource(ParamSource):
         self.recipe = recipe  # kept with the output (mergekit_config.yml), as mergekit does
         self.location = self.base.location
         self.config = self.base.config.replace(num_layers=len(plan.layers))
+        self.method = merge_methods.get(plan.method)
+        self.rules = {r.path: r for r in hf_names.rules_for(self.config)}
+
+    @property
+    def extras_source(self) -> ParamSource:
+        """The input whose tokenizer and extra files the output carries (the base)."""
+        return self.base
 
     def leaf_spec(self, path):
         shape, dtype = self.base.leaf_spec(path)
@@ -49,17 +56,18 @@ class RecipeSource(ParamSource):
     def read_leaf(self, path, layers=None):
         path = tuple(path)
         _, dtype = self.leaf_spec(path)
+        rule = self.rules.get(path)
         if path[0] != "layers":
-            return _run(self.plan.globals[path], lambda key, layer: self.sources[key].read_leaf(path),
-                        dtype)
+            return self._run(self.plan.globals[path],
+                             lambda key, layer: self.sources[key].read_leaf(path), dtype, rule)
         layers = range(len(self.plan.layers)) if layers is None else list(layers)
         jobs = [self.plan.jobs[path][o] for o in layers]
-        if self.plan.method == "passthrough":
+        if self.method.stacks_layers:
             return self._passthrough(path, jobs, dtype)
         reader = _LayerReader(self.sources, path)
         out = None
         for slot, job in enumerate(jobs):
-            merged = _run(job, reader.get, dtype)
+            merged = self._run(job, reader.get, dtype, rule)
             if out is None:
                 out = np.empty((len(jobs), *merged.shape), dtype)
             out[slot] = merged
@@ -82,33 +90,29 @@ class RecipeSource(ParamSource):
                 out[slots] = block
             del block
         for slot, job in enumerate(jobs):
-            if job.scale is not None and job.scale != 1:
-                out[slot] = (out[slot].astype(np.float32) * np.float32(job.scale)).astype(dtype)
+            scale = job.model_params[0].get("scale")
+            if scale is not None and scale != 1:
+                out[slot] = (out[slot].astype(np.float32) * np.float32(scale)).astype(dtype)
         return out
+
+    def _run(self, job: Job, get, dtype, rule) -> np.ndarray:
+        """One output tensor from its job; `get(source_key, layer)` reads an input tensor."""
+        arrays = [get(key, layer) for key, layer in job.inputs]
+        if self.method.stacks_layers:  # a copy, in the input's dtype unless scaled
+            x = arrays[0]
+            scale = job.model_params[0].get("scale")
+            if scale is not None and scale != 1:
+                x = x.astype(np.float32) * np.float32(scale)
+            return x.astype(dtype, copy=False)
+        others = [a for k, a in enumerate(arrays) if k != job.base]
+        model_params = [p for k, p in enumerate(job.model_params) if k != job.base]
+        base = arrays[job.base] if job.base is not None else None
+        return self.method.merge(base, others, job.params, model_params, rule).astype(dtype)
 
     def copy_extras(self, dst: Path) -> None:
         self.base.copy_extras(dst)
         if self.recipe is not None:
             write_recipe_file(self.recipe, dst)
-
-
-def _run(job: Job, get, dtype) -> np.ndarray:
-    """One output tensor from its job; `get(source_key, layer)` reads an input tensor."""
-    arrays = [get(key, layer) for key, layer in job.inputs]
-    if job.method == "passthrough":
-        x = arrays[0]
-        if job.scale is not None and job.scale != 1:
-            x = x.astype(np.float32) * np.float32(job.scale)
-        return x.astype(dtype, copy=False)
-    if job.method == "linear":
-        out = linear(arrays, job.weights, job.normalize)
-    elif job.method == "slerp":
-        other = 1 - job.base
-        out = slerp(arrays[job.base], arrays[other], job.t)
-    else:
-        rest = [a for k, a in enumerate(arrays) if k != job.base]
-        out = task_arithmetic(arrays[job.base], rest, job.weights, job.normalize, job.lam)
-    return out.astype(dtype)
 
 
 class _LayerReader:
@@ -146,12 +150,14 @@ def open_recipe(recipe: Recipe, *, dtype: str | None = None, dst=None,
 
 
 def write_recipe(source: RecipeSource, dst, *, to: str = "solar",
-                 max_shard_size: str | int = "5GB", overwrite: bool = False) -> Path:
-    if to not in FORMATS:
-        raise SolarError(f"unknown output format {to!r}; use one of {', '.join(FORMATS)}")
-    if to == "solar":
-        return write_solar(source, dst, overwrite=overwrite)
-    return write_hf(source, dst, max_shard_size=max_shard_size, overwrite=overwrite)
+                 max_shard_size: str | int = "5GB", overwrite: bool = False,
+                 quant: str | None = None, tokenizer: bool = True) -> Path:
+    """Write the recipe's model in any format `convert` writes (solar, hf, gguf), with the
+    same streaming writers. The dtype is the plan's (leaf_spec); GGUF encodes by `quant`."""
+    # a GGUF of a merge is named after its file, not after the base it started from
+    name = Path(dst).name.removesuffix(".gguf") if to == "gguf" else None
+    return write_source(source, dst, to=to, max_shard_size=max_shard_size, overwrite=overwrite,
+                        quant=quant, tokenizer=tokenizer, name=name)
 
 
 def _models(recipe: Recipe) -> list[str]:

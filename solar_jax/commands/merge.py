@@ -1,32 +1,28 @@
-"""solar-jax merge MODEL [MODEL ...] --out DST --method linear|slerp|task_arithmetic
-[--weights W ...] [--normalize/--no-normalize] [--t T] [--base BASE] [--to solar|hf]
-[--recipe RECIPE.yaml] [--dtype ...] [--max-shard-size 5GB] [--overwrite]"""
+"""solar-jax merge MODEL [MODEL ...] --out DST --method METHOD [--base BASE]
+[--weights W ...] [--t T] [--density D ...] [--lambda L] [--normalize/--no-normalize] ...
+[--recipe RECIPE.yaml] [--to solar|hf|gguf] [--quant TYPE] [--dtype ...] [--overwrite]
+
+The methods and their flags come from the registry (solar_jax.merge_methods)."""
 
 import argparse
 
+from solar_jax.commands.merge_flags import add_method_flags, method_parameters, methods_epilog
+from solar_jax.commands.output_flags import add_output_flags
+
 
 def register(sub) -> None:
-    p = sub.add_parser("merge", help="merge models: linear average, slerp or task arithmetic "
-                                     "(or a mergekit recipe)")
+    p = sub.add_parser("merge", help="merge models: linear, slerp, task arithmetic, TIES, "
+                                     "Model Stock (or a mergekit recipe)",
+                       epilog=methods_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="HF folders, solar-jax checkpoints or .gguf files")
-    p.add_argument("--out", required=True, metavar="DST", help="output directory")
-    # Checked by the API rather than argparse `choices`, so a typo is a one-line error.
-    p.add_argument("--method", default=None, help="linear, slerp or task_arithmetic")
-    p.add_argument("--weights", type=float, nargs="+", default=None, metavar="W",
-                   help="one weight per MODEL (linear: default equal; task_arithmetic: "
-                        "lambda_i, default 1)")
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="divide by the sum of the weights (default: on for linear, off for "
-                        "task_arithmetic, as mergekit)")
-    p.add_argument("--t", type=float, default=None,
-                   help="slerp: interpolation factor toward the second model, in [0, 1]")
-    p.add_argument("--base", default=None,
-                   help="task_arithmetic: the base model; slerp: the t=0 end (default: the "
-                        "first MODEL)")
+    p.add_argument("--out", required=True, metavar="DST",
+                   help="output directory (a .gguf file for --to gguf)")
+    add_method_flags(p)
     p.add_argument("--recipe", default=None,
-                   help="mergekit YAML (linear, slerp or task_arithmetic) instead of the flags")
-    p.add_argument("--to", choices=("solar", "hf"), default="solar", help="output format")
+                   help="mergekit YAML (any method above) instead of the flags")
+    add_output_flags(p)
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                    help="output weight dtype (default: the recipe's, else the first model's); "
                         "arithmetic is always fp32")
@@ -38,8 +34,9 @@ def register(sub) -> None:
 def run(args) -> None:
     from solar_jax.merge import merge_checkpoints
 
-    out = merge_checkpoints(args.models, args.out, method=args.method, weights=args.weights,
-                            t=args.t, base=args.base, normalize=args.normalize,
+    out = merge_checkpoints(args.models, args.out, method=args.method, base=args.base,
+                            parameters=method_parameters(args), quant=args.quant,
+                            tokenizer=args.tokenizer,
                             recipe=args.recipe, to=args.to, dtype=args.dtype,
                             max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     print(f"wrote merged {args.to} checkpoint to {out}")

@@ -1,19 +1,21 @@
-"""solar-jax upscale SRC DST (--m M | --recipe RECIPE.yaml) [--to solar|hf] [--dtype ...]
-[--max-shard-size 5GB] [--overwrite]"""
+"""solar-jax upscale SRC DST (--m M | --recipe RECIPE.yaml) [--to solar|hf|gguf] [--quant TYPE]
+[--dtype ...] [--max-shard-size 5GB] [--overwrite]"""
+
+from solar_jax.commands.output_flags import add_output_flags
 
 
 def register(sub) -> None:
     p = sub.add_parser("upscale", help="depth up-scaling: SOLAR's recipe (--m) or a mergekit "
                                        "passthrough recipe")
     p.add_argument("src", help="HF folder, solar-jax checkpoint, or .gguf file")
-    p.add_argument("dst", help="output directory")
+    p.add_argument("dst", help="output directory (a .gguf file for --to gguf)")
     p.add_argument("--m", type=int, default=None,
                    help="SOLAR recipe: layers [0, n-m) then [m, n), 2(n-m) layers "
                         "(n=32, m=8 -> 48 as SOLAR 10.7B)")
     p.add_argument("--recipe", default=None,
                    help="mergekit YAML with merge_method: passthrough; SRC is the model of "
                         "slices that name none")
-    p.add_argument("--to", choices=("solar", "hf"), default="solar", help="output format")
+    add_output_flags(p)
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                    help="output weight dtype (default: the recipe's, else keep the source's)")
     p.add_argument("--max-shard-size", default="5GB", help="HF output shard size (e.g. 5GB)")
@@ -25,6 +27,7 @@ def run(args) -> None:
     from solar_jax.dus import upscale_checkpoint
 
     out = upscale_checkpoint(args.src, args.dst, m=args.m, recipe=args.recipe, to=args.to,
+                             quant=args.quant, tokenizer=args.tokenizer,
                              dtype=args.dtype, max_shard_size=args.max_shard_size,
                              overwrite=args.overwrite)
     print(f"wrote up-scaled {args.to} checkpoint to {out}")
