@@ -1,11 +1,15 @@
-"""The Llama/Mistral decoder: a block, its stack (params stacked on axis 0, applied with a
-scan), and the causal LM around it.
+"""The Llama-style decoder every family in solar_jax.arch shares: a block, its stack
+(params stacked on axis 0, applied with a scan), and the causal LM around it. The block's
+optional parts (q/k/v biases, per-head q/k norms, a sliding window) are built as the
+family's record (config.arch) declares them; its parameter table is the authority on
+names, layouts and logical axes.
 
 Parameter tree (the `params` pytree every part of solar-jax shares):
 
     embed/embedding            [vocab, embed]
     layers/attn_norm/scale     [L, embed]
     layers/attn/{q,k,v}_proj/kernel   [L, embed, heads|kv_heads, head_dim]
+    layers/attn/{q,k,v}_proj/bias     [L, heads|kv_heads, head_dim]   (qkv_bias: Qwen2)
     layers/attn/o_proj/kernel  [L, heads, head_dim, embed]
     layers/mlp_norm/scale      [L, embed]
     layers/mlp/{gate,up}_proj/kernel  [L, embed, mlp]
@@ -63,15 +67,12 @@ class KVCache(NamedTuple):
 class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         h, d = config.hidden_size, config.head_dim
+        bias = config.arch.qkv_bias
         self.config = config
-        self.q_proj = Projection((h,), (config.num_heads, d), ("embed", "heads", "head_dim"),
-                                 config, rngs=rngs)
-        self.k_proj = Projection((h,), (config.num_kv_heads, d),
-                                 ("embed", "kv_heads", "head_dim"), config, rngs=rngs)
-        self.v_proj = Projection((h,), (config.num_kv_heads, d),
-                                 ("embed", "kv_heads", "head_dim"), config, rngs=rngs)
-        self.o_proj = Projection((config.num_heads, d), (h,), ("heads", "head_dim", "embed"),
-                                 config, rngs=rngs)
+        self.q_proj = Projection((h,), (config.num_heads, d), config, bias=bias, rngs=rngs)
+        self.k_proj = Projection((h,), (config.num_kv_heads, d), config, bias=bias, rngs=rngs)
+        self.v_proj = Projection((h,), (config.num_kv_heads, d), config, bias=bias, rngs=rngs)
+        self.o_proj = Projection((config.num_heads, d), (h,), config, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment_ids, positions, cache: KVCache | None = None,
                  layer=None, index=None, branch_ids=None):
@@ -179,8 +180,8 @@ class CausalLM(nnx.Module):
         self.layers = make_stack(rngs)
         self.final_norm = RMSNorm(config, rngs=rngs)
         if not config.tie_word_embeddings:
-            self.lm_head = Projection((config.hidden_size,), (config.vocab_size,),
-                                      ("embed", "vocab"), config, rngs=rngs)
+            self.lm_head = Projection((config.hidden_size,), (config.vocab_size,), config,
+                                      rngs=rngs)
 
     def hidden_states(self, input_ids, segment_ids=None, positions=None, *,
                       collect: bool = False, branch_ids=None):
