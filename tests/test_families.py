@@ -17,7 +17,7 @@ from solar_jax.checkpoint.safetensors_io import SafetensorsFile
 from solar_jax.checkpoint.sources import open_source
 from solar_jax.cli import main
 
-FAMILIES = ["qwen2"]
+FAMILIES = ["qwen2", "qwen3"]
 RTOL = 1e-4  # max |Δlogit| <= RTOL * max |logit|
 IDS = np.random.default_rng(0).integers(0, 128, (2, 24))
 CASES = {
@@ -160,7 +160,10 @@ def test_gguf_export_in_llama_cpp_names(family, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch_model = make_hf_model(tmp_path / "hf", model_type=family)
+    # transformers' GGUF config mapping for qwen3 reads no attention.key_length and takes
+    # Qwen3Config's default head_dim, 128: an explicit head_dim (!= 64 / 4) it can load.
+    overrides = {"head_dim": 128} if family == "qwen3" else {}
+    torch_model = make_hf_model(tmp_path / "hf", model_type=family, **overrides)
     src = _tensors(tmp_path / "hf")
     out = tmp_path / f"{family}.gguf"
     assert main(["convert", str(tmp_path / "hf"), str(out), "--to", "gguf", "--quant", "f32",
@@ -168,6 +171,8 @@ def test_gguf_export_in_llama_cpp_names(family, tmp_path):
     reader = gguf.GGUFReader(out)
     assert reader.fields["general.architecture"].contents() == family
     assert reader.fields[f"{family}.block_count"].contents() == 3
+    if overrides:
+        assert reader.fields[f"{family}.attention.key_length"].contents() == 128
     names = _gguf_py_names(family, src, 3)
     stored = {t.name: t for t in reader.tensors}
     assert set(stored) == set(names.values())

@@ -11,6 +11,7 @@ Parameter tree (the `params` pytree every part of solar-jax shares):
     layers/attn/{q,k,v}_proj/kernel   [L, embed, heads|kv_heads, head_dim]
     layers/attn/{q,k,v}_proj/bias     [L, heads|kv_heads, head_dim]   (qkv_bias: Qwen2)
     layers/attn/o_proj/kernel  [L, heads, head_dim, embed]
+    layers/attn/{q,k}_norm/scale      [L, head_dim]                  (qk_norm: Qwen3)
     layers/mlp_norm/scale      [L, embed]
     layers/mlp/{gate,up}_proj/kernel  [L, embed, mlp]
     layers/mlp/down_proj/kernel       [L, mlp, embed]
@@ -73,11 +74,17 @@ class Attention(nnx.Module):
         self.k_proj = Projection((h,), (config.num_kv_heads, d), config, bias=bias, rngs=rngs)
         self.v_proj = Projection((h,), (config.num_kv_heads, d), config, bias=bias, rngs=rngs)
         self.o_proj = Projection((config.num_heads, d), (h,), config, rngs=rngs)
+        if config.arch.qk_norm:  # Qwen3: RMSNorm over each head's head_dim, before RoPE
+            self.q_norm = RMSNorm(config, d, rngs=rngs)
+            self.k_norm = RMSNorm(config, d, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment_ids, positions, cache: KVCache | None = None,
                  layer=None, index=None, branch_ids=None):
-        q = apply_rotary(self.q_proj(x), cos, sin)
-        k = apply_rotary(self.k_proj(x), cos, sin)
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.config.arch.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
         v = self.v_proj(x)
         q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
         if cache is None:
