@@ -85,6 +85,10 @@ class ModelConfig:
             raise SolarError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise SolarError(f"sliding_window must be positive or null, got {self.sliding_window}")
+        if self.sliding_window is not None and not arch.get(self.model_type).sliding_window:
+            raise SolarError(f"model_type {self.model_type} has no sliding window (its HF "
+                             f"config cannot express one); use one of "
+                             f"{', '.join(n for n in arch.names() if arch.get(n).sliding_window)}")
         if self.remat not in REMAT_POLICIES:
             raise SolarError(f"unknown remat policy {self.remat!r}; "
                              f"use one of {', '.join(REMAT_POLICIES)}")

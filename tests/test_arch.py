@@ -135,3 +135,12 @@ def test_merge_refuses_another_family(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "model_type is mistral" in err, err
     assert not (tmp_path / "m").exists()
+
+
+def test_window_needs_a_family_that_has_one():
+    with pytest.raises(SolarError, match="llama has no sliding window") as e:
+        _config("llama", sliding_window=4)
+    assert "\n" not in str(e.value)
+    for family in FAMILIES:
+        if arch.get(family).sliding_window:
+            assert ModelConfig.from_hf(_config(family, sliding_window=4).to_hf()).sliding_window == 4

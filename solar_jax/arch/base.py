@@ -138,6 +138,7 @@ class Architecture:
     # Optional parts of the decoder block (model/llama.py builds what is declared here).
     qkv_bias: bool = False             # q/k/v projections carry biases (Qwen2)
     qk_norm: bool = False              # per-head RMSNorm on q and k before RoPE (Qwen3)
+    sliding_window: bool = False       # config.json can express a window on every layer
     # Family-specific config.json keys, both ways (see hf_sliding_* below for windows).
     hf_extra_from: Callable[[dict], dict] = lambda hf: {}
     hf_extra_to: Callable[[Any], dict] = lambda config: {}

@@ -13,6 +13,7 @@ ARCHITECTURE = Architecture(
     gguf_read_archs=("mistral",),
     gguf_rotary="interleaved",
     params=decoder_params(),
+    sliding_window=True,
     hf_extra_from=lambda hf: {"sliding_window": hf.get("sliding_window")},
     hf_extra_to=lambda config: {"attention_bias": False, "sliding_window": config.sliding_window},
     hf_refused=("attention_bias", "mlp_bias"),

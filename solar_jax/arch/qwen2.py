@@ -23,6 +23,7 @@ ARCHITECTURE = Architecture(
     gguf_rotary="half",
     params=decoder_params(*BIASES),
     qkv_bias=True,
+    sliding_window=True,
     hf_extra_from=window_from_layer_types,
     hf_extra_to=window_to_layer_types,
 )

@@ -21,6 +21,7 @@ ARCHITECTURE = Architecture(
     gguf_rotary="half",
     params=decoder_params(*QK_NORMS),
     qk_norm=True,
+    sliding_window=True,
     hf_extra_from=window_from_layer_types,
     hf_extra_to=lambda config: {"attention_bias": False, **window_to_layer_types(config)},
     hf_refused=("attention_bias",),  # Qwen3 with biases on q/k/v/o: not in this table
