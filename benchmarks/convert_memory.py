@@ -87,41 +87,28 @@ def mistral_shape(size_bytes: float, itemsize: int) -> dict:
 
 
 def hf_tensor_specs(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
-    """HF names and shapes in model order."""
-    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    d = cfg["head_dim"]
-    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
-    specs = [("model.embed_tokens.weight", (v, h))]
-    for n in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{n}."
-        specs += [
-            (p + "input_layernorm.weight", (h,)),
-            (p + "self_attn.q_proj.weight", (q, h)),
-            (p + "self_attn.k_proj.weight", (kv, h)),
-            (p + "self_attn.v_proj.weight", (kv, h)),
-            (p + "self_attn.o_proj.weight", (h, q)),
-            (p + "post_attention_layernorm.weight", (h,)),
-            (p + "mlp.gate_proj.weight", (i, h)),
-            (p + "mlp.up_proj.weight", (i, h)),
-            (p + "mlp.down_proj.weight", (h, i)),
-        ]
-    specs += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+    """HF names and shapes in model order, from the family's parameter table."""
+    from solar_jax.config import ModelConfig
+
+    config = ModelConfig.from_hf(cfg)
+    rows = config.arch.params_for(config)
+    specs = [(r.hf_name, r.hf_shape(r.shape(config))) for r in rows if not r.stacked][:1]
+    for n in range(config.num_layers):  # HF order: the embedding, each layer, then the rest
+        specs += [(r.hf_name.format(i=n), r.hf_shape(r.shape(config))) for r in rows if r.stacked]
+    specs += [(r.hf_name, r.hf_shape(r.shape(config))) for r in rows if not r.stacked][1:]
     return specs
 
 
 def largest_stacked_param(cfg: dict, itemsize: int) -> tuple[str, int]:
-    """Biggest leaf of the solar-jax pytree: an MLP kernel stacked over layers, or embed."""
-    h, i, v, n = (cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"],
-                  cfg["num_hidden_layers"])
-    d = cfg["head_dim"]
-    leaves = {
-        "layers/mlp/{gate,up,down}_proj/kernel": n * h * i,
-        "layers/attn/q_proj/kernel": n * h * cfg["num_attention_heads"] * d,
-        "embed/embedding": v * h,
-        "lm_head/kernel": v * h,
-    }
-    name = max(leaves, key=leaves.get)
-    return name, leaves[name] * itemsize
+    """Biggest leaf of the solar-jax pytree (a kernel stacked over layers, or the
+    embedding), from the family's parameter table."""
+    from solar_jax.config import ModelConfig
+
+    config = ModelConfig.from_hf(cfg)
+    sizes = {r.name: math.prod(r.shape(config)) * (config.num_layers if r.stacked else 1)
+             for r in config.arch.params_for(config)}
+    name = max(sizes, key=sizes.get)
+    return name, sizes[name] * itemsize
 
 
 def _write_shard(path: Path, specs, fetch) -> None:

@@ -1,25 +1,28 @@
-"""ModelConfig: the architecture of a Llama/Mistral decoder, and its HF config.json mapping.
+"""ModelConfig: the architecture of a decoder of one of the families in solar_jax.arch.
 
+What a family's config.json looks like (both directions), which HF class it names and which
+of its options are refused lives in that family's record (solar_jax/arch/<family>.py).
 Reads transformers 4.x configs (`rope_theta` / `rope_scaling` at top level) and 5.x configs
 (`rope_parameters`), and writes both spellings so either version loads what we export.
-Anything we cannot reproduce exactly (biases, other activations, unknown rope types) is
-refused with a one-line error instead of being silently ignored.
+Anything we cannot reproduce exactly (unsupported biases, other activations, unknown rope
+types) is refused with a one-line error instead of being silently ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from solar_jax import arch
+from solar_jax.arch.base import check_rope_scaling
 from solar_jax.errors import SolarError
 from solar_jax.resources import presets_dir
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "float32": "float32",
                  "bf16": "bfloat16", "bfloat16": "bfloat16",
@@ -74,9 +77,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise SolarError(f"config {name} must be a positive integer, got {value!r}")
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise SolarError(f"unsupported model_type {self.model_type!r}; "
-                             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        arch.get(self.model_type)  # a known family
         if self.num_heads % self.num_kv_heads:
             raise SolarError(f"num_heads ({self.num_heads}) must be a multiple of "
                              f"num_kv_heads ({self.num_kv_heads})")
@@ -84,19 +85,28 @@ class ModelConfig:
             raise SolarError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise SolarError(f"sliding_window must be positive or null, got {self.sliding_window}")
+        if self.sliding_window is not None and not arch.get(self.model_type).sliding_window:
+            raise SolarError(f"model_type {self.model_type} has no sliding window (its HF "
+                             f"config cannot express one); use one of "
+                             f"{', '.join(n for n in arch.names() if arch.get(n).sliding_window)}")
         if self.remat not in REMAT_POLICIES:
             raise SolarError(f"unknown remat policy {self.remat!r}; "
                              f"use one of {', '.join(REMAT_POLICIES)}")
-        _check_rope_scaling(self.rope_scaling)
+        check_rope_scaling(self.rope_scaling)
+
+    @property
+    def arch(self) -> arch.Architecture:
+        """This family's record: parameter table, HF/GGUF names, optional block parts."""
+        return arch.get(self.model_type)
 
     @property
     def num_params(self) -> int:
-        """Parameter count of the architecture (tied head counted once)."""
-        h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
-        attn = h * d * (self.num_heads * 2 + self.num_kv_heads * 2)
-        per_layer = attn + 3 * h * i + 2 * h
-        head = 0 if self.tie_word_embeddings else h * self.vocab_size
-        return self.vocab_size * h + self.num_layers * per_layer + h + head
+        """Parameter count of the architecture (tied head counted once), from its table."""
+        total = 0
+        for p in self.arch.params_for(self):
+            size = math.prod(p.shape(self))
+            total += size * self.num_layers if p.stacked else size
+        return total
 
     def __hash__(self):
         # rope_scaling is a dict; hash the canonical JSON so configs can be static jit args.
@@ -125,80 +135,10 @@ class ModelConfig:
     def from_hf(cls, hf: dict[str, Any] | str | Path) -> "ModelConfig":
         if not isinstance(hf, dict):
             hf = _read_json(Path(hf))
-        model_type = hf.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise SolarError(f"unsupported model_type {model_type!r} in config.json; "
-                             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-        for flag in ("attention_bias", "mlp_bias"):
-            if hf.get(flag):
-                raise SolarError(f"unsupported option {flag}=true (Llama/Mistral without biases only)")
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise SolarError(f"unsupported hidden_act {act!r}; only silu (SwiGLU) is supported")
-        rope_theta, rope_scaling = _rope_from_hf(hf)
-        heads = hf["num_attention_heads"]
-        sliding = hf.get("sliding_window") if model_type == "mistral" else None
-        try:
-            return cls(
-                vocab_size=hf["vocab_size"],
-                hidden_size=hf["hidden_size"],
-                intermediate_size=hf["intermediate_size"],
-                num_layers=hf["num_hidden_layers"],
-                num_heads=heads,
-                num_kv_heads=hf.get("num_key_value_heads") or heads,
-                head_dim=hf.get("head_dim") or 0,
-                max_position_embeddings=hf.get("max_position_embeddings", 4096),
-                rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-                rope_theta=rope_theta,
-                rope_scaling=rope_scaling,
-                tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                sliding_window=sliding,
-                model_type=model_type,
-                bos_token_id=hf.get("bos_token_id"),
-                eos_token_id=hf.get("eos_token_id"),
-                pad_token_id=hf.get("pad_token_id"),
-                initializer_range=hf.get("initializer_range", 0.02),
-            )
-        except KeyError as e:
-            raise SolarError(f"config.json lacks required key {e.args[0]!r}") from None
+        return cls(**arch.for_hf(hf.get("model_type")).config_from_hf(hf))
 
     def to_hf(self, torch_dtype: str | None = None) -> dict[str, Any]:
-        arch = "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"
-        rope_parameters = {"rope_type": "default", "rope_theta": self.rope_theta}
-        if self.rope_scaling:
-            rope_parameters = {**self.rope_scaling, "rope_theta": self.rope_theta}
-        out = {
-            "architectures": [arch],
-            "model_type": self.model_type,
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "max_position_embeddings": self.max_position_embeddings,
-            "rms_norm_eps": self.rms_norm_eps,
-            # transformers 4.x reads these two; 5.x reads rope_parameters.
-            "rope_theta": self.rope_theta,
-            "rope_scaling": dict(self.rope_scaling) if self.rope_scaling else None,
-            "rope_parameters": rope_parameters,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": False,
-            "attention_dropout": 0.0,
-            "initializer_range": self.initializer_range,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-            "use_cache": True,
-            "torch_dtype": torch_dtype or self.param_dtype,
-        }
-        if self.model_type == "llama":
-            out["mlp_bias"] = False
-        else:
-            out["sliding_window"] = self.sliding_window
-        return out
+        return self.arch.config_to_hf(self, torch_dtype)
 
     # ---- presets --------------------------------------------------------------------
 
@@ -223,36 +163,3 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise SolarError(f"{path} is not valid JSON: {e}") from None
-
-
-def _rope_from_hf(hf: dict) -> tuple[float, dict | None]:
-    """(rope_theta, rope_scaling) from either transformers 4.x or 5.x spelling."""
-    params = hf.get("rope_parameters")
-    if isinstance(params, dict) and params:
-        theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
-    else:
-        theta = hf.get("rope_theta", 10000.0)
-        scaling = dict(hf.get("rope_scaling") or {})
-    if "type" in scaling and "rope_type" not in scaling:
-        scaling["rope_type"] = scaling.pop("type")
-    scaling.pop("type", None)
-    if not scaling or scaling.get("rope_type", "default") == "default":
-        return float(theta), None
-    _check_rope_scaling(scaling)
-    return float(theta), scaling
-
-
-def _check_rope_scaling(scaling: dict | None) -> None:
-    if not scaling:
-        return
-    rope_type = scaling.get("rope_type")
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise SolarError(f"unsupported rope type {rope_type!r}; "
-                         f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
-    needed = {"linear": ("factor",),
-              "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                         "original_max_position_embeddings")}.get(rope_type, ())
-    missing = [k for k in needed if k not in scaling]
-    if missing:
-        raise SolarError(f"rope type {rope_type!r} needs {', '.join(missing)}")

@@ -24,24 +24,32 @@ TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_lay
             rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
 
 
+HF_CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+              "mistral": ("MistralConfig", "MistralForCausalLM"),
+              "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+              "qwen3": ("Qwen3Config", "Qwen3ForCausalLM")}
+# Per-family defaults on top of TINY: Qwen3's explicit head_dim differs from hidden/heads.
+FAMILY_TINY = {"qwen3": dict(head_dim=32)}
+
+
 def make_hf_model(path: Path, model_type: str = "llama", seed: int = 0, dtype=None,
                   max_shard_size: str | None = None, **overrides):
-    """Save a random LlamaForCausalLM/MistralForCausalLM to `path`; returns the torch model."""
+    """Save a random <Family>ForCausalLM (llama, mistral, qwen2, qwen3) to `path`; returns
+    the torch model. Norms and biases are randomized (transformers initializes them to
+    ones and zeros), so a swapped or dropped one changes the logits."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    import transformers
 
     torch.manual_seed(seed)
-    kwargs = {**TINY, **overrides}
-    if model_type == "mistral":
-        config = MistralConfig(**kwargs)
-        model = MistralForCausalLM(config)
-    else:
-        config = LlamaConfig(**kwargs)
-        model = LlamaForCausalLM(config)
-    with torch.no_grad():  # non-trivial norms so a swapped norm would show
+    kwargs = {**TINY, **FAMILY_TINY.get(model_type, {}), **overrides}
+    config_cls, model_cls = (getattr(transformers, n) for n in HF_CLASSES[model_type])
+    model = model_cls(config_cls(**kwargs))
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
     if dtype is not None:
         model = model.to(dtype)
     model.eval()

@@ -1,10 +1,12 @@
 """GGUFSource: a llama.cpp .gguf file read as if it were a Hugging Face checkpoint.
 
 The file is memory-mapped and each tensor is dequantized only when asked for, so converting
-a quantized model holds one tensor at a time. Tensors are presented under Hugging Face names
-and layouts: GGUF stores shapes innermost-first (we reverse them), and llama.cpp's converter
-interleaves the rows of Q and K for its rotary layout (we undo it, since our rotary keeps
-HF's rotate-half layout). Nothing here imports torch, including the tokenizer export.
+a quantized model holds one tensor at a time. `general.architecture` picks the family
+(solar_jax.arch.for_gguf) whose parameter table names every tensor. Tensors are presented
+under Hugging Face names and layouts: GGUF stores shapes innermost-first (we reverse them),
+and for architectures whose llama.cpp graph pairs rows 2i, 2i+1 (llama) the converter
+interleaves the rows of Q and K, which we undo, since our rotary keeps HF's rotate-half
+layout. Nothing here imports torch, including the tokenizer export.
 """
 
 from __future__ import annotations
@@ -16,25 +18,19 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from solar_jax import arch
+from solar_jax.arch.base import Param
 from solar_jax.checkpoint.sources import NamedTensorSource
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral")
-# llama.cpp tensor name -> HF name; per-layer entries get `blk.{i}.` / `model.layers.{i}.`.
-GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
-                "output_norm.weight": "model.norm.weight",
-                "output.weight": "lm_head.weight"}
-LAYER_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
-               "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-               "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
-LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
 _REQUIRED = object()
 
 
 class GGUFSource(NamedTensorSource):
-    """A .gguf file of a Llama/Mistral model, any dtype or quantization gguf-py can decode."""
+    """A .gguf file of a model of a family in solar_jax.arch, any dtype or quantization
+    gguf-py can decode."""
 
     def __init__(self, path: Path):
         import gguf  # deferred: only GGUF users pay for the import
@@ -50,25 +46,25 @@ class GGUFSource(NamedTensorSource):
             raise SolarError(f"GGUF file {path} is truncated: tensor data runs to byte {end}, "
                              f"the file has {path.stat().st_size}")
         self._meta = self._reader.fields
-        arch = self._value("general.architecture", None)
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise SolarError(f"GGUF file {path} has architecture {arch!r}; only "
-                             f"{' and '.join(SUPPORTED_ARCHITECTURES)} are supported")
-        self._arch = arch
+        self._arch = self._value("general.architecture", None)
+        self.family = arch.for_gguf(self._arch, path)
+        names = self.family.by_gguf_name()
         self._tensors = {}
+        self._rows: dict[str, Param] = {}
         for tensor in self._reader.tensors:
-            hf_name = _hf_name(tensor.name)
+            hf_name, row = _hf_name(tensor.name, names)
             if tensor.name == "rope_freqs.weight":
                 raise SolarError(f"GGUF file {path} stores per-frequency rope factors "
                                  f"(rope_freqs.weight, Llama 3.1 style); these are not supported")
             if hf_name is None:
                 # Biases, MoE experts, ... would otherwise be silently dropped.
-                raise SolarError(f"GGUF file {path} has tensor {tensor.name!r}, which a plain "
-                                 f"Llama/Mistral (no biases, no experts) does not have")
+                raise SolarError(f"GGUF file {path} has tensor {tensor.name!r}, which "
+                                 f"solar-jax's {self.family.name} parameter table does not have")
             if not _decodable(gguf, tensor.tensor_type):
                 raise SolarError(f"GGUF file {path}: tensor {tensor.name} has type "
                                  f"{tensor.tensor_type.name}, which gguf-py cannot dequantize")
             self._tensors[hf_name] = tensor
+            self._rows[hf_name] = row
         self.config = self._config()
         self.validate()
 
@@ -117,8 +113,8 @@ class GGUFSource(NamedTensorSource):
             rope_scaling=self._rope_scaling(),
             # llama.cpp writes `output.weight` only when the head is not the embedding.
             tie_word_embeddings="lm_head.weight" not in self._tensors,
-            sliding_window=None,  # llama.cpp's llama/mistral graphs attend over the full context
-            model_type=a,
+            sliding_window=None,  # llama.cpp's graphs of these families attend to all of it
+            model_type=self.family.name,
             bos_token_id=self._value("tokenizer.ggml.bos_token_id", None),
             eos_token_id=self._value("tokenizer.ggml.eos_token_id", None),
             pad_token_id=self._value("tokenizer.ggml.padding_token_id", None),
@@ -167,8 +163,8 @@ class GGUFSource(NamedTensorSource):
                 raise SolarError(f"GGUF file {self.location}: gguf-py cannot dequantize "
                                  f"{tensor.tensor_type.name} (tensor {tensor.name})") from None
             data = np.asarray(data, np.float32).reshape(shape)
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = self.config.num_heads if "q_proj" in name else self.config.num_kv_heads
+        heads = self._rows[name].rotary_heads(self.config)
+        if heads and self.family.gguf_rotary == "interleaved":
             data = _unpermute_rotary_rows(data, heads)
         return data
 
@@ -214,13 +210,16 @@ class GGUFSource(NamedTensorSource):
         PreTrainedTokenizerFast(tokenizer_object=backend, **init_kwargs).save_pretrained(str(dst))
 
 
-def _hf_name(gguf_name: str) -> str | None:
-    if gguf_name in GLOBAL_NAMES:
-        return GLOBAL_NAMES[gguf_name]
+def _hf_name(gguf_name: str, names: dict[str, Param]) -> tuple[str | None, Param | None]:
+    """The HF name of a llama.cpp tensor and its row of the parameter table."""
+    if gguf_name in names:
+        row = names[gguf_name]
+        return row.hf_name, row
     match = LAYER_RE.fullmatch(gguf_name)
-    if match and match.group(2) in LAYER_NAMES:
-        return f"model.layers.{match.group(1)}.{LAYER_NAMES[match.group(2)]}.weight"
-    return None
+    if match and f"blk.{{i}}.{match.group(2)}" in names:
+        row = names[f"blk.{{i}}.{match.group(2)}"]
+        return row.hf_name.format(i=int(match.group(1))), row
+    return None, None
 
 
 def _decodable(gguf, tensor_type) -> bool:

@@ -1,9 +1,12 @@
-"""Export to GGUF for llama.cpp: a ParamSource -> one llama-architecture .gguf file.
+"""Export to GGUF for llama.cpp: a ParamSource -> one .gguf file of the family's llama.cpp
+architecture (`llama` for Llama and Mistral, `qwen2`, `qwen3`, ...; see solar_jax/arch/).
 
-The inverse of gguf_source.py. Tensors get llama.cpp's names and layouts: shapes are the
-HF [out, in] ones (GGUF stores them innermost-first), and the rows of Q and K are
-interleaved per head the way llama.cpp's converter does it (its rotary embedding pairs
-rows 2i and 2i+1, HF's rotate-half pairs i and i+d/2). Norms and other 1-D tensors stay
+The inverse of gguf_source.py. Tensors get llama.cpp's names (from the family's parameter
+table) and layouts: shapes are the HF [out, in] ones (GGUF stores them innermost-first),
+and where llama.cpp's graph pairs rotary rows 2i and 2i+1 (its llama architecture; HF's
+rotate-half pairs i and i+d/2) the rows of Q and K are interleaved per head the way its
+converter does it; its qwen2/qwen3 graphs rotate halves, so those stay as they are.
+Norms, biases and other 1-D tensors stay
 F32; 2-D weights become f32/f16/bf16 or are quantized with gguf-py's own routines
 (gguf.quants.quantize), bit-identical to llama.cpp's reference quantizers.
 
@@ -27,15 +30,12 @@ import ml_dtypes
 import numpy as np
 
 from solar_jax.checkpoint import hf_names
-from solar_jax.checkpoint.gguf_source import GLOBAL_NAMES, LAYER_NAMES
 from solar_jax.checkpoint.sources import NamedTensorSource, ParamSource
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
 
 QUANT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 DEFAULT_QUANT = "f16"
-_HF_TO_GGUF_GLOBAL = {hf: g for g, hf in GLOBAL_NAMES.items()}
-_HF_TO_GGUF_LAYER = {hf: g for g, hf in LAYER_NAMES.items()}
 F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -76,34 +76,28 @@ class _Tensor:
         return int(np.prod(self.shape, dtype=np.int64)) // block * size
 
 
-def gguf_name(hf_name: str) -> str:
-    if hf_name in _HF_TO_GGUF_GLOBAL:
-        return _HF_TO_GGUF_GLOBAL[hf_name]
-    _, _, layer, rest = hf_name.split(".", 3)  # model.layers.{i}.<module>.weight
-    return f"blk.{layer}.{_HF_TO_GGUF_LAYER[rest.removesuffix('.weight')]}.weight"
-
-
 def plan_tensors(source: ParamSource, config: ModelConfig, quant: str) -> list[_Tensor]:
     """Every tensor of the output, in file order, with its GGML type (headers only)."""
     import gguf
 
     body, head, _ = _ggml_types(quant)
+    permutes = config.arch.gguf_rotary == "interleaved"
     plan = []
     for rule in hf_names.rules_for(config):
         shape, _ = source.leaf_spec(rule.path)
         layer_shape = tuple(shape[1:] if rule.stacked else shape)
         hf_shape = hf_names.hf_shape(rule, layer_shape)
         for layer, hf in enumerate(hf_names.hf_names(rule, config)):
-            name = gguf_name(hf)
+            name = rule.gguf_name.format(i=layer)
             is_head = rule.path[0] == "lm_head" or (rule.path[0] == "embed"
                                                     and config.tie_word_embeddings)
             qtype = gguf.GGMLQuantizationType.F32 if len(hf_shape) == 1 else (head if is_head else body)
             block = gguf.GGML_QUANT_SIZES[qtype][0]
             if hf_shape[-1] % block:  # as convert_hf_to_gguf.py: rows that don't fill blocks
                 qtype = gguf.GGMLQuantizationType.F16
-            heads = {"q_proj": config.num_heads, "k_proj": config.num_kv_heads}.get(rule.path[-2])
+            heads = rule.rotary_heads(config) if permutes else None
             plan.append(_Tensor(name, hf, rule, layer if rule.stacked else None, tuple(hf_shape),
-                                qtype, heads if rule.path[1:2] == ("attn",) else None))
+                                qtype, heads))
     return plan
 
 
@@ -157,7 +151,7 @@ def write_gguf(source: ParamSource, dst: str | Path, *, quant: str | None = None
     final = dst.absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = final.parent / f".{final.name}.partial-{os.getpid()}"
-    writer = gguf.GGUFWriter(stage, "llama")
+    writer = gguf.GGUFWriter(stage, config.arch.gguf_arch)
     try:
         _add_model_metadata(writer, source, config, quant, name or _default_name(source, dst))
         if vocab is None:
@@ -221,7 +215,8 @@ def _default_name(source: ParamSource, dst: Path) -> str:
 
 
 def _add_model_metadata(w, source, config: ModelConfig, quant: str, name: str) -> None:
-    """The keys llama.cpp's llama architecture reads, as convert_hf_to_gguf.py writes them."""
+    """The keys llama.cpp's llama-like architectures (llama, qwen2, qwen3) read, as
+    convert_hf_to_gguf.py writes them."""
     import gguf
 
     from solar_jax.checkpoint.gguf_source import GGUFSource

@@ -22,11 +22,6 @@ from solar_jax.config import canonical_dtype
 from solar_jax.errors import SolarError
 from solar_jax.recipes import OutputSlice, Recipe, evaluate_setting
 
-# Config fields two models must share for their layers to be interchangeable.
-ARCH_FIELDS = ("model_type", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
-               "intermediate_size", "vocab_size")
-
-
 @dataclasses.dataclass(frozen=True)
 class Job:
     """How to compute one output tensor: `inputs` are (model key, layer or None); `params`
@@ -149,7 +144,7 @@ def _check_compatible(method, base, recipe, slices, sources) -> None:
                 continue
             if not method.stacks_layers:
                 _check_tensors(ref, other, inp.name, recipe.base_model or slices[0][0].name)
-            for field in ARCH_FIELDS:
+            for field in ref.config.arch.interchange_fields:
                 a, b = getattr(other.config, field), getattr(ref.config, field)
                 if a != b:
                     raise SolarError(f"{inp.where}: {field} is {a}, but the base model has {b}; "

@@ -166,19 +166,13 @@ def _rule(config: ModelConfig, path: LeafPath) -> hf_names.Rule:
     for rule in hf_names.rules_for(config):
         if rule.path == tuple(path):
             return rule
-    raise SolarError(f"unknown parameter {'/'.join(path)}")
+    raise SolarError(f"unknown parameter {'/'.join(path)} for {config.model_type}")
 
 
 def _expected_layer_shapes(config: ModelConfig) -> dict[LeafPath, tuple[int, ...]]:
-    """Our per-layer shape of every leaf (the stacked ones without the layer axis)."""
-    from solar_jax.model.transformer import abstract_params
-
-    shapes = {}
-    abstract = abstract_params(config)
-    for rule in hf_names.rules_for(config):
-        shape = tuple(hf_names.get_leaf(abstract, rule.path).shape)
-        shapes[rule.path] = shape[1:] if rule.stacked else shape
-    return shapes
+    """Our per-layer shape of every leaf (the stacked ones without the layer axis), from
+    the family's parameter table."""
+    return {rule.path: rule.shape(config) for rule in hf_names.rules_for(config)}
 
 
 def open_source(path: str | Path) -> ParamSource:

@@ -1,12 +1,17 @@
-"""The Llama/Mistral decoder: a block, its stack (params stacked on axis 0, applied with a
-scan), and the causal LM around it.
+"""The Llama-style decoder every family in solar_jax.arch shares: a block, its stack
+(params stacked on axis 0, applied with a scan), and the causal LM around it. The block's
+optional parts (q/k/v biases, per-head q/k norms, a sliding window) are built as the
+family's record (config.arch) declares them; its parameter table is the authority on
+names, layouts and logical axes.
 
 Parameter tree (the `params` pytree every part of solar-jax shares):
 
     embed/embedding            [vocab, embed]
     layers/attn_norm/scale     [L, embed]
     layers/attn/{q,k,v}_proj/kernel   [L, embed, heads|kv_heads, head_dim]
+    layers/attn/{q,k,v}_proj/bias     [L, heads|kv_heads, head_dim]   (qkv_bias: Qwen2)
     layers/attn/o_proj/kernel  [L, heads, head_dim, embed]
+    layers/attn/{q,k}_norm/scale      [L, head_dim]                  (qk_norm: Qwen3)
     layers/mlp_norm/scale      [L, embed]
     layers/mlp/{gate,up}_proj/kernel  [L, embed, mlp]
     layers/mlp/down_proj/kernel       [L, mlp, embed]
@@ -63,20 +68,23 @@ class KVCache(NamedTuple):
 class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         h, d = config.hidden_size, config.head_dim
+        bias = config.arch.qkv_bias
         self.config = config
-        self.q_proj = Projection((h,), (config.num_heads, d), ("embed", "heads", "head_dim"),
-                                 config, rngs=rngs)
-        self.k_proj = Projection((h,), (config.num_kv_heads, d),
-                                 ("embed", "kv_heads", "head_dim"), config, rngs=rngs)
-        self.v_proj = Projection((h,), (config.num_kv_heads, d),
-                                 ("embed", "kv_heads", "head_dim"), config, rngs=rngs)
-        self.o_proj = Projection((config.num_heads, d), (h,), ("heads", "head_dim", "embed"),
-                                 config, rngs=rngs)
+        self.q_proj = Projection((h,), (config.num_heads, d), config, bias=bias, rngs=rngs)
+        self.k_proj = Projection((h,), (config.num_kv_heads, d), config, bias=bias, rngs=rngs)
+        self.v_proj = Projection((h,), (config.num_kv_heads, d), config, bias=bias, rngs=rngs)
+        self.o_proj = Projection((config.num_heads, d), (h,), config, rngs=rngs)
+        if config.arch.qk_norm:  # Qwen3: RMSNorm over each head's head_dim, before RoPE
+            self.q_norm = RMSNorm(config, d, rngs=rngs)
+            self.k_norm = RMSNorm(config, d, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment_ids, positions, cache: KVCache | None = None,
                  layer=None, index=None, branch_ids=None):
-        q = apply_rotary(self.q_proj(x), cos, sin)
-        k = apply_rotary(self.k_proj(x), cos, sin)
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.config.arch.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
         v = self.v_proj(x)
         q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
         if cache is None:
@@ -179,8 +187,8 @@ class CausalLM(nnx.Module):
         self.layers = make_stack(rngs)
         self.final_norm = RMSNorm(config, rngs=rngs)
         if not config.tie_word_embeddings:
-            self.lm_head = Projection((config.hidden_size,), (config.vocab_size,),
-                                      ("embed", "vocab"), config, rngs=rngs)
+            self.lm_head = Projection((config.hidden_size,), (config.vocab_size,), config,
+                                      rngs=rngs)
 
     def hidden_states(self, input_ids, segment_ids=None, positions=None, *,
                       collect: bool = False, branch_ids=None):

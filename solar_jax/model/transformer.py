@@ -36,22 +36,14 @@ def abstract_params(config: ModelConfig) -> dict:
 
 
 def logical_axes(config: ModelConfig) -> dict:
-    """The params tree with each leaf replaced by its tuple of logical axis names."""
-    _, state = _abstract(config)
-
-    def axes(path, variable):
-        names = tuple(variable.get_metadata().get("logical_axes", ()))
-        if path and path[0] == "layers":
-            names = ("layers", *names)
-        return names
-
-    flat = nnx.to_flat_state(state)
+    """The params tree with each leaf replaced by its tuple of logical axis names, read
+    from the family's parameter table ("layers" first for stacked leaves)."""
     out: dict = {}
-    for path, variable in flat:
+    for row in config.arch.params_for(config):
         node = out
-        for key in path[:-1]:
+        for key in row.path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = axes(path, variable)
+        node[row.path[-1]] = row.logical_axes()
     return out
 
 

@@ -1,11 +1,12 @@
-"""optax AdamW with a weight-decay mask that skips norm scales, warmup + decay schedules,
-and global-norm clipping."""
+"""optax AdamW with a weight-decay mask read from the parameter tables (norm scales and
+biases get none), warmup + decay schedules, and global-norm clipping."""
 
 from __future__ import annotations
 
 import jax
 import optax
 
+from solar_jax import arch
 from solar_jax.train.config import TrainConfig
 
 
@@ -27,10 +28,11 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 
 def decay_mask(params) -> dict:
-    """True for leaves that get weight decay: everything except RMSNorm scales."""
+    """True for leaves that get weight decay: the rows of the architecture tables whose
+    role is "weight" (kernels, embeddings); norm scales and biases get none, as in
+    transformers' and TRL's usual no-decay groups."""
     def keep(path, _):
-        names = [getattr(k, "key", str(k)) for k in path]
-        return not any(str(n).endswith("norm") for n in names)
+        return arch.param_role(tuple(str(getattr(k, "key", k)) for k in path)) == "weight"
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
