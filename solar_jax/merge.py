@@ -18,8 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from solar_jax import merge_methods
-from solar_jax.checkpoint import hf_names
+from solar_jax import arch, merge_methods
 from solar_jax.checkpoint.output import check_output
 from solar_jax.checkpoint.recipe_source import open_recipe, write_recipe
 from solar_jax.errors import SolarError
@@ -81,7 +80,6 @@ def merge_params(params_list: Sequence[dict], method: str, *, base: dict | None 
     for k, (leaves, treedef) in enumerate(flat[1:], 1):
         if treedef != flat[0][1]:
             raise SolarError(f"model {k + 1} has a different parameter tree than model 1")
-    rules = {r.path: r for r in hf_names.RULES}
 
     def one(arrays: list[np.ndarray], rule, name: str) -> np.ndarray:
         problem = spec.check(params, model_params, arrays[0].size) if spec.check else None
@@ -100,7 +98,7 @@ def merge_params(params_list: Sequence[dict], method: str, *, base: dict | None 
             if a.shape != arrays[0].shape:
                 raise SolarError(f"cannot merge: tensor {name} has shape {list(a.shape)} in "
                                  f"model {k + 1} but {list(arrays[0].shape)} in model 1")
-        rule = rules.get(keys)
+        rule = arch.param_row(keys)
         if keys[0] == "layers":  # stacked: one tensor per layer
             merged = np.stack([one([a[l] for a in arrays], rule, f"{name}[{l}]")
                                for l in range(arrays[0].shape[0])])

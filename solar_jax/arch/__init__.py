@@ -37,7 +37,7 @@ def _check_shared_paths(records: dict[str, Architecture]) -> None:
     for record in records.values():
         for p in record.params:
             other = seen.setdefault(p.path, p)
-            if (other.axes, other.role) != (p.axes, p.role):
+            if (other.axes, other.role, other.layout) != (p.axes, p.role, p.layout):
                 raise RuntimeError(f"parameter {p.name} differs between architecture tables")
 
 
@@ -74,7 +74,14 @@ def for_gguf(gguf_arch, where) -> Architecture:
                      f"{', '.join(supported)}")
 
 
-_ROLES = {p.path: p.role for r in REGISTRY.values() for p in r.params}
+_ROWS = {p.path: p for r in REGISTRY.values() for p in r.params}  # paths are shared (checked)
+_ROLES = {path: p.role for path, p in _ROWS.items()}
+
+
+def param_row(path: tuple[str, ...]) -> Param | None:
+    """The parameter-table row of a leaf path (its layout is the same in every family), or
+    None for a path no table has."""
+    return _ROWS.get(tuple(path))
 
 
 def param_role(path: tuple[str, ...]) -> str:

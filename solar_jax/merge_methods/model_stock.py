@@ -47,7 +47,7 @@ def model_stock(base: np.ndarray, arrays, filter_wise: bool = False) -> np.ndarr
 
 
 def _tensor(base, others, *, params, model_params, rule):
-    if not params["filter_wise"] or rule is None or rule.kind == "copy":
+    if not params["filter_wise"] or rule is None or rule.layout == "copy":
         return model_stock(base, others, params["filter_wise"])
     # rows are a property of the HF layout: compute there, then back to ours
     hf = model_stock(hf_names.to_hf(rule, base), [hf_names.to_hf(rule, x) for x in others],
