@@ -27,7 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from solar_jax.ablate.config import AblateConfig, Point
+from solar_jax.ablate.config import AblateConfig, Point, plural
 from solar_jax.ablate.diagnostics import layer_similarity, seam_distance
 from solar_jax.errors import SolarError
 from solar_jax.tokenizer import run_tokenizer
@@ -397,10 +397,10 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
     s_eval = {**cfg.settings("eval"), **extra}
     s_base = {k: v for k, v in s_eval.items() if k not in ("heal_tokens", "heal", "heal_data")}
     s_diag = {**cfg.settings("diag"), "calibration_rows": data.calibration_rows.num_rows}
-    log(f"ablate: {config.model_type} with {n} layers ({config.num_params / 1e6:.1f}M params), "
-        f"{len(points)} candidate{'s' * (len(points) != 1)}, held-out "
-        f"{data.eval_rows.num_rows} rows x {cfg.seq_len}"
-        + (f", healing {cfg.heal_tokens} tokens = {cfg.heal_steps} steps of "
+    log(f"ablate: {config.model_type} with {plural(n, 'layer')} "
+        f"({config.num_params / 1e6:.1f}M params), {plural(len(points), 'candidate')}, held-out "
+        f"{plural(data.eval_rows.num_rows, 'row')} x {cfg.seq_len}"
+        + (f", healing {plural(cfg.heal_tokens, 'token')} = {plural(cfg.heal_steps, 'step')} of "
            f"{cfg.heal_batch_size} x {cfg.seq_len} on {data.heal_source}"
            if cfg.heal_tokens else ", no healing"))
 
@@ -427,7 +427,7 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
                 "seconds": time.perf_counter() - t0}
         store.put("diagnostics", s_diag, diag)
         diag = _jsonable(diag)
-        log(f"diagnostics on {sim['tokens']} calibration tokens ({diag['seconds']:.1f}s)")
+        log(f"diagnostics on {plural(sim['tokens'], 'calibration token')} ({diag['seconds']:.1f}s)")
     else:
         log("diagnostics: done before, loaded")
     if not have[1]:
@@ -436,14 +436,14 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
         base = {"layers": n, "params": config.num_params, "loss": ev["loss"], "ppl": ev["ppl"],
                 "acc": ev["acc"], "tokens": ev["tokens"], "seconds": time.perf_counter() - t0}
         store.put("base", s_base, base)
-        log(f"base model: loss {ev['loss']:.4f} (ppl {ev['ppl']:.2f}) on {ev['tokens']} tokens")
+        log(f"base model: loss {ev['loss']:.4f} (ppl {ev['ppl']:.2f}) on {plural(ev['tokens'], 'token')}")
     else:
         log("base model: done before, loaded")
 
     # (None only on processes other than 0 when out_dir is local to process 0)
     angular = np.asarray(diag["angular_distance"], np.float64) if diag is not None else None
     for i, point in enumerate(points):
-        tag = f"[{i + 1}/{len(points)}] {point.label} ({point.layers} layers)"
+        tag = f"[{i + 1}/{len(points)}] {point.label} ({plural(point.layers, 'layer')})"
         if have[2 + i]:
             log(f"{tag}: done before, skipped")
             continue

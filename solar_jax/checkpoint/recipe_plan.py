@@ -127,6 +127,10 @@ def _check_slice(method: str, k: int, inputs: list[_Input], base: str, from_mode
     if method == "passthrough" and len(inputs) != 1:
         raise SolarError(f"{where}: passthrough takes exactly one source per slice, "
                          f"got {len(inputs)}")
+    if method in ("linear", "task_arithmetic") and len(inputs) < 2:
+        raise SolarError(f"{where}: {method} needs at least two models (the base and one "
+                         f"more for task_arithmetic), got {len(inputs)}; a single model would "
+                         f"only be copied (solar-jax convert does that)")
     if method == "slerp" and len(inputs) != 2:
         raise SolarError(f"{where}: slerp merges exactly two models, got {len(inputs)}")
     if method in ("slerp", "task_arithmetic") and all(i.key != base for i in inputs):

@@ -8,7 +8,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use the first N records")
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, one_output=True)
 
 
 def run(args) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from solar_jax.destination import check_overlap, write_text_atomic
 from solar_jax.errors import SolarError
 from solar_jax.eval.tasks import TASKS
 
@@ -18,7 +19,9 @@ def register(sub) -> None:
     p.add_argument("--fewshot-data", default=None,
                    help="draw few-shot examples from this file (default: --data, "
                         "never the question itself; mmlu: the *_dev.csv beside it)")
-    p.add_argument("--limit", type=int, default=None, help="first N records only")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate the first N records only (few-shot examples are still "
+                        "drawn from the whole file, as lm-eval)")
     p.add_argument("--num-fewshot", type=int, default=None,
                    help="few-shot examples (default: lm-eval's, 5 for gsm8k, else 0)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -27,8 +30,9 @@ def register(sub) -> None:
     p.add_argument("--max-gen-tokens", type=int, default=256, help="gsm8k answer length")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None)
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
-    p.add_argument("--out", default=None, help="write the results JSON (with every question)")
-    p.set_defaults(func=run)
+    p.add_argument("--out", default=None,
+                   help="write the results JSON (with every question); never an input")
+    p.set_defaults(func=run, one_output=True)
 
 
 def run(args) -> None:
@@ -40,6 +44,11 @@ def run(args) -> None:
     task_spec(args.task)  # an unknown task fails before the model loads
     if not Path(args.data).is_file():
         raise SolarError(f"data file {args.data} does not exist")
+    if args.out:
+        check_overlap(args.out, [args.model, args.data, args.fewshot_data, args.tokenizer],
+                      what="--out")
+        if Path(args.out).is_dir():
+            raise SolarError(f"--out {args.out} is a directory; give a file name")
     model = load_model(args.model, args.dtype)
     model.tokenizer = load_tokenizer(args.tokenizer or args.model)
     results = evaluate(model, args.task, args.data, limit=args.limit,
@@ -50,6 +59,5 @@ def run(args) -> None:
     print(format_table(results))
     print(f"{results['n']} documents in {results['seconds']:.1f}s")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        write_text_atomic(args.out, json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.out}")

@@ -30,6 +30,7 @@ from solar_jax.train.metrics import (
 )
 from solar_jax.train.objectives import build_dataset, build_objective
 from solar_jax.train.optimizer import make_optimizer, make_schedule
+from solar_jax.train.run_dir import check_run_dir
 from solar_jax.train.step import compile_train_step
 
 
@@ -71,6 +72,7 @@ class _StopFlag:
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns the last step's metrics."""
+    check_run_dir(cfg)
     init_distributed(cfg)
     mesh = make_mesh(cfg.mesh)
     config, model_source = state_lib.model_config_for(cfg)
