@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def subcommands(parser: argparse.ArgumentParser | None = None) -> dict[str, argparse.ArgumentParser]:
+def subcommands(parser: argparse.ArgumentParser | None = None,
+                ) -> dict[str, argparse.ArgumentParser]:
     """Every registered subcommand's parser by name (the README drift test reads these)."""
     parser = parser or build_parser()
     for action in parser._actions:

@@ -78,6 +78,28 @@ def check_destination(dst: str | Path, inputs: Iterable[str | Path | None] = (),
                              f"replace it")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fresh_dir(dst: Path) -> Path:
+    """A new, uniquely named directory beside `dst`, with the permissions a plain mkdir
+    would give (mkdtemp's are owner-only)."""
+    stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    os.chmod(stage, 0o777 & ~_umask())
+    return stage
+
+
+def _fresh_file(dst: Path) -> Path:
+    """A new, uniquely named empty file beside `dst`, with open()'s usual permissions."""
+    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.partial-", dir=dst.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())
+    return Path(name)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -106,7 +128,12 @@ def commit_all(pairs: list[tuple[Path, Path]]) -> None:
                     backup = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
                     backup.rmdir()
                     os.rename(dst, backup)
-                os.rename(stage, dst)
+                try:
+                    os.rename(stage, dst)
+                except BaseException:
+                    if backup is not None:
+                        os.rename(backup, dst)
+                    raise
                 done.append((stage, dst, backup))
                 interrupts.pause_at("swap")
         except BaseException:
@@ -135,7 +162,7 @@ def staged_dir(dst: str | Path) -> Iterator[Path]:
     interrupt it vanishes. Call `check_destination` first."""
     dst = Path(dst).absolute()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    stage = _fresh_dir(dst)
     try:
         yield stage
         commit(stage, dst)
@@ -150,9 +177,7 @@ def staged_file(dst: str | Path) -> Iterator[Path]:
     `dst`, on failure or interrupt it vanishes."""
     dst = Path(dst).absolute()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.partial-", dir=dst.parent)
-    os.close(fd)
-    stage = Path(name)
+    stage = _fresh_file(dst)
     try:
         yield stage
         commit(stage, dst)
@@ -170,9 +195,7 @@ def staged_files(dsts: list[str | Path]) -> Iterator[list[Path]]:
     try:
         for dst in dsts:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{dst.name}.partial-", dir=dst.parent)
-            os.close(fd)
-            stages.append(Path(name))
+            stages.append(_fresh_file(dst))
         yield stages
         commit_all(list(zip(stages, dsts)))
     except BaseException:

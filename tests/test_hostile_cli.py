@@ -149,6 +149,9 @@ def test_overwrite_replaces_only_after_the_new_output_is_complete(ckpt, tmp_path
     assert main(["convert", str(ckpt), str(dst), "--overwrite"]) == 0  # solar over hf
     from solar_jax.checkpoint.solar_format import is_solar_checkpoint
     assert not (dst / "extra.txt").exists() and is_solar_checkpoint(dst)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it
     assert leftovers(tmp_path) == [] and sorted(os.listdir(tmp_path)) == ["ckpt", "out"]
 
 

@@ -436,7 +436,8 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
         base = {"layers": n, "params": config.num_params, "loss": ev["loss"], "ppl": ev["ppl"],
                 "acc": ev["acc"], "tokens": ev["tokens"], "seconds": time.perf_counter() - t0}
         store.put("base", s_base, base)
-        log(f"base model: loss {ev['loss']:.4f} (ppl {ev['ppl']:.2f}) on {plural(ev['tokens'], 'token')}")
+        log(f"base model: loss {ev['loss']:.4f} (ppl {ev['ppl']:.2f}) on "
+            f"{plural(ev['tokens'], 'token')}")
     else:
         log("base model: done before, loaded")
 

@@ -11,7 +11,8 @@ def register(sub) -> None:
                    help="output weight dtype (default: keep the source's)")
     p.add_argument("--max-shard-size", default=None,
                    help="HF output shard size (default 5GB; --to hf only)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST (once the new one is complete)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty DST (once the new one is complete)")
     # No argparse `choices`: a bad value is a one-line SolarError (exit 2) like other bad input.
     p.add_argument("--quant", default=None, metavar="TYPE",
                    help="GGUF tensor type: f16 (default), bf16, f32, q8_0, q4_0; norms stay f32")

@@ -32,7 +32,8 @@ def register(sub) -> None:
                         "arithmetic is always fp32")
     p.add_argument("--max-shard-size", default=None,
                    help="HF output shard size (default 5GB; --to hf only)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST (once the new one is complete)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty DST (once the new one is complete)")
     p.set_defaults(func=run, one_output=True)
 
 
@@ -43,5 +44,6 @@ def run(args) -> None:
     out = merge_checkpoints(args.models, args.out, method=args.method, weights=args.weights,
                             t=args.t, base=args.base, normalize=args.normalize,
                             recipe=args.recipe, to=args.to, dtype=args.dtype,
-                            max_shard_size=shard_size(args, hf=args.to == "hf"), overwrite=args.overwrite)
+                            max_shard_size=shard_size(args, hf=args.to == "hf"),
+                            overwrite=args.overwrite)
     print(f"wrote merged {args.to} checkpoint to {out}")

@@ -19,7 +19,8 @@ def register(sub) -> None:
                    help="output weight dtype (default: the recipe's, else keep the source's)")
     p.add_argument("--max-shard-size", default=None,
                    help="HF output shard size (default 5GB; --to hf only)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST (once the new one is complete)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty DST (once the new one is complete)")
     p.set_defaults(func=run, one_output=True)
 
 
@@ -28,6 +29,7 @@ def run(args) -> None:
     from solar_jax.dus import upscale_checkpoint
 
     out = upscale_checkpoint(args.src, args.dst, m=args.m, recipe=args.recipe, to=args.to,
-                             dtype=args.dtype, max_shard_size=shard_size(args, hf=args.to == "hf"),
+                             dtype=args.dtype,
+                             max_shard_size=shard_size(args, hf=args.to == "hf"),
                              overwrite=args.overwrite)
     print(f"wrote up-scaled {args.to} checkpoint to {out}")
