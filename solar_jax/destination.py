@@ -127,12 +127,13 @@ def commit_all(pairs: list[tuple[Path, Path]]) -> None:
                 if dst.exists() or dst.is_symlink():
                     backup = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
                     backup.rmdir()
-                    os.rename(dst, backup)
+                    _set_aside(dst, backup, file_over_file=stage.is_file())
                 try:
-                    os.rename(stage, dst)
+                    os.replace(stage, dst)
                 except BaseException:
-                    if backup is not None:
-                        os.rename(backup, dst)
+                    if backup is not None:  # a hard link to the file still at dst, or it
+                        os.replace(backup, dst)
+                        backup.unlink(missing_ok=True)
                     raise
                 done.append((stage, dst, backup))
                 interrupts.pause_at("swap")
@@ -147,6 +148,19 @@ def commit_all(pairs: list[tuple[Path, Path]]) -> None:
                 if backup is not None:
                     _remove(backup)
     interrupts.check()  # the rolled-back case (or a signal while deleting the old copies)
+
+
+def _set_aside(dst: Path, backup: Path, *, file_over_file: bool) -> None:
+    """Keep the old destination under `backup`. A file about to be replaced by a file is
+    hard-linked, so readers always find a complete file at `dst` (os.replace swaps it
+    atomically); anything else (or a filesystem without hard links) is renamed aside."""
+    if file_over_file and dst.is_file() and not dst.is_symlink():
+        try:
+            os.link(dst, backup)
+            return
+        except OSError:
+            pass
+    os.rename(dst, backup)
 
 
 def _undo(done) -> None:

@@ -201,6 +201,16 @@ def test_train_run_dir_guard(ckpt, tmp_path, capsys):
                                            f"run_dir={run}"]))
 
 
+def test_ablate_out_dir_guard(ckpt, capsys):
+    before = tree_digest(ckpt)
+    study = ckpt.parent / "study.yaml"
+    study.write_text(yaml.safe_dump({"model": "smol", "eval_data": "smol/config.json",
+                                     "m": [1], "out_dir": ".", "seq_len": 16}))
+    assert main(["ablate", str(study)]) == 2  # out_dir "." (the config's folder) holds smol
+    assert "out_dir" in one_line(capsys.readouterr().err)
+    assert tree_digest(ckpt) == before
+
+
 # ---- usage mistakes and flags that do nothing ---------------------------------------------
 
 

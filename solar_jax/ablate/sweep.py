@@ -20,14 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from solar_jax.ablate.config import AblateConfig, Point, plural
+from solar_jax.ablate.config import AblateConfig, Point, plural, resolve_model
 from solar_jax.ablate.diagnostics import layer_similarity, seam_distance
 from solar_jax.errors import SolarError
 from solar_jax.tokenizer import run_tokenizer
@@ -38,17 +37,24 @@ COLUMNS = ("m", "cut_a", "cut_b", "layers", "params", "seam_distance", "loss_bef
            "heal_steps", "heal_final_train_loss", "heal_status", "seconds")
 
 
+def _check_out_dir(cfg: AblateConfig) -> None:
+    """The destination guard: out_dir (results, plots, healing checkpoints) must not be,
+    hold or lie inside the model, the tokenizer or a data file."""
+    from solar_jax.destination import check_overlap
+
+    inputs = [resolve_model(str(cfg.model)), cfg.tokenizer]
+    for name in ("eval_data", "calibration_data", "heal_data"):
+        data = cfg.data_config(name)
+        inputs += [p for p in (data.paths if data else []) if not any(c in p for c in "*?[")]
+    check_overlap(cfg.out_dir, [p for p in inputs if p and Path(p).exists()], what="out_dir")
+
+
 # -- records ---------------------------------------------------------------------------------
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and a rename, so a
-    crash leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """`text` to `path` through a staged file: a crash leaves the old file or the new one,
+    never half of one (solar_jax.destination)."""
+    from solar_jax.destination import write_text_atomic
+    write_text_atomic(path, text)
 
 
 def _jsonable(x):
@@ -371,6 +377,7 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
     from solar_jax.train.loop import init_distributed
 
     cfg.validate()
+    _check_out_dir(cfg)
     init_distributed(cfg.train_config())
     main = jax.process_index() == 0
     if log is None:

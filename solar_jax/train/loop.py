@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from solar_jax.destination import write_text_atomic
 from solar_jax.errors import SolarError
 from solar_jax.sharding import make_mesh
 from solar_jax.tokenizer import run_tokenizer
@@ -153,7 +154,7 @@ def train(cfg: TrainConfig) -> dict:
                 break
         checkpointer.wait()
         if jax.process_index() == 0 and record.get("step") == cfg.steps:
-            (run_dir / "final_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_text_atomic(run_dir / "final_metrics.json", json.dumps(record, indent=2) + "\n")
     finally:
         stop.restore()
         writer.close()
