@@ -101,9 +101,13 @@ def configure(*, ignore_after_commit: bool) -> None:
 
 
 def quiet() -> None:
-    """The command is over: signals until the process exits are ignored (no traceback
-    from interpreter shutdown)."""
+    """The command is over: signals until the process exits are ignored. SIG_IGN rather
+    than our handler, because interpreter shutdown puts the default handlers back in
+    place of Python-level ones, and a signal then would kill a process whose work is
+    done (and may print a traceback)."""
     _state.finished = True
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def restore() -> None:
