@@ -233,15 +233,16 @@ def test_usage_mistakes_are_one_error_line(argv, capsys):
         assert line.startswith(f"error: solar-jax {argv[0]}:"), line
 
 
+@pytest.mark.slow  # four decodes, each compiled: ~15-30 s on 2 busy cores
 def test_generate_warnings_and_printed_seed(hf, capsys):
-    assert main(["generate", str(hf), "--prompt", "hi", "--system", "be brief",
-                 "--max-new-tokens", "2"]) == 0
+    # flags greedy decoding ignores, --system without --chat, and a prompt that leaves
+    # less room than --max-new-tokens: each said, not silent
+    assert main(["generate", str(hf), "--prompt", "x" * 60, "--system", "be brief",
+                 "--max-new-tokens", "10", "--seed", "3", "--top-k", "5"]) == 0
     err = capsys.readouterr().err
     assert "warning: --system has no effect without --chat" in err
-    assert main(["generate", str(hf), "--prompt", "hi", "--max-new-tokens", "2",
-                 "--seed", "3", "--top-k", "5"]) == 0
-    assert "warning: --top-k, --seed have no effect with greedy decoding" in \
-        capsys.readouterr().err
+    assert "warning: --top-k, --seed have no effect with greedy decoding" in err
+    assert "warning: max-new-tokens 10 shortened to 4" in err
     outs, seeds = [], []
     for _ in range(2):
         assert main(["generate", str(hf), "--prompt", "hi", "--max-new-tokens", "8",
@@ -256,9 +257,6 @@ def test_generate_warnings_and_printed_seed(hf, capsys):
     assert main(["generate", str(hf), "--prompt", "hi", "--max-new-tokens", "8",
                  "--temperature", "1.0", "--seed", str(seeds[1])]) == 0
     assert capsys.readouterr().out == outs[1]
-    # a prompt that leaves less room than --max-new-tokens: said, not silent
-    assert main(["generate", str(hf), "--prompt", "x" * 60, "--max-new-tokens", "10"]) == 0
-    assert "warning: max-new-tokens 10 shortened to 4" in capsys.readouterr().err
 
 
 def test_chat_commands_confirm_and_unknown_ones_get_help(hf, capsys, monkeypatch):
