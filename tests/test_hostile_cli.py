@@ -291,6 +291,16 @@ def test_eval_limit_fewshot_pool_samples_and_max_length(hf, tmp_path, capsys):
     assert leftovers(out.parent) == []
 
 
+def test_eval_flags_without_effect_warn(hf, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question. " * 3)
+    assert main(["eval", str(hf), "--task", "perplexity", "--data", str(text),
+                 "--max-gen-tokens", "5", "--num-fewshot", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --max-gen-tokens has no effect on perplexity" in err
+    assert "warning: --num-fewshot has no effect on perplexity" in err
+
+
 def test_limit_prompts_equal_the_first_prompts_of_a_full_run():
     from conftest import DATA
     from solar_jax.eval.tasks import load_docs
