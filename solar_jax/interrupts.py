@@ -5,7 +5,7 @@ raises `Interrupted` (a KeyboardInterrupt, so `except KeyboardInterrupt` code ke
 working) where Python can deliver it, and is *deferred* where raising would do harm:
 
 - inside `deferred()` (the commit of a staged output: a few renames), the signal is only
-  recorded; `solar_jax.staging` checks it right after the renames and rolls them back, so
+  recorded; `solar_jax.destination` checks it right after the renames and rolls them back, so
   an interrupt during a commit leaves the previous destination;
 - inside a garbage-collector callback (jax registers `_xla_gc_callback`): an exception
   raised there is printed as "Exception ignored in ..." and swallowed, and the command
@@ -18,7 +18,10 @@ signals are only recorded, so the clean-up of a staging directory is not cut sho
 
 Tests: SOLAR_JAX_TEST_PAUSE_AT=<point> with SOLAR_JAX_TEST_PAUSE_FILE=<path> makes
 `pause_at(point)` create the file and wait (up to a minute) for a signal, so a test can
-interrupt a command at a named moment deterministically.
+interrupt a command at a named moment deterministically. The points: `startup` (before
+the command's imports), `read` (a tensor read), `write` (a tensor or file written to the
+staging area), `rename` (the output complete, not yet committed) and `swap` (between the
+commit's renames).
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ def handler(signum, frame) -> None:
 def install() -> None:
     """Install the handler (main thread only); `restore()` puts the previous ones back."""
     _state.__init__()
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; Python's defaults stay
     for sig in SIGNALS:
         _state.previous[sig] = signal.signal(sig, handler)
 
@@ -106,8 +111,9 @@ def quiet() -> None:
     place of Python-level ones, and a signal then would kill a process whose work is
     done (and may print a traceback)."""
     _state.finished = True
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def restore() -> None:
