@@ -412,7 +412,7 @@ def test_interrupt_during_imports_is_one_line(ckpt, tmp_path):
     """No pause hook: SIGINT lands wherever start-up is (importing jax, parsing, opening
     the source); the answer is the same single line."""
     proc, _ = _spawn(["convert", str(ckpt), str(tmp_path / "dst")], tmp_path)
-    time.sleep(0.8)
+    time.sleep(1.5)  # past the interpreter's own start (the handlers go in first thing)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
