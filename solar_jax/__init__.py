@@ -14,22 +14,39 @@ Public API:
     ModelConfig, Model, init_params, abstract_params, logical_axes, load_tokenizer
 """
 
-from solar_jax.api import convert, load_model, save_model
-from solar_jax.config import ModelConfig
-from solar_jax.dus import solar_ranges, upscale, upscale_checkpoint
-from solar_jax.merge import merge_checkpoints, merge_params
-from solar_jax.errors import SolarError
-from solar_jax.model.attention import attention, available_attention_impls, register_attention
-from solar_jax.model.transformer import Model, abstract_params, forward, init_params, logical_axes
-from solar_jax.tokenizer import load_tokenizer
+import importlib
+
+# Names resolve on first use (PEP 562), so `import solar_jax` (and the CLI, which installs
+# its signal handlers before anything heavy loads) does not import jax up front.
+_EXPORTS = {
+    "convert": "solar_jax.api", "load_model": "solar_jax.api", "save_model": "solar_jax.api",
+    "ModelConfig": "solar_jax.config",
+    "solar_ranges": "solar_jax.dus", "upscale": "solar_jax.dus",
+    "upscale_checkpoint": "solar_jax.dus",
+    "merge_checkpoints": "solar_jax.merge", "merge_params": "solar_jax.merge",
+    "SolarError": "solar_jax.errors",
+    "attention": "solar_jax.model.attention",
+    "available_attention_impls": "solar_jax.model.attention",
+    "register_attention": "solar_jax.model.attention",
+    "Model": "solar_jax.model.transformer", "abstract_params": "solar_jax.model.transformer",
+    "forward": "solar_jax.model.transformer", "init_params": "solar_jax.model.transformer",
+    "logical_axes": "solar_jax.model.transformer",
+    "load_tokenizer": "solar_jax.tokenizer",
+    "evaluate": "solar_jax.eval",
+}
 
 
 def __getattr__(name):
-    # evaluate imports its modules lazily, so `import solar_jax` stays light.
-    if name == "evaluate":
-        from solar_jax.eval import evaluate
-        return evaluate
-    raise AttributeError(f"module 'solar_jax' has no attribute {name!r}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'solar_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 __all__ = ["convert", "load_model", "save_model", "ModelConfig", "SolarError", "attention",

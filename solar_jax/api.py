@@ -12,6 +12,7 @@ from solar_jax.checkpoint.output import check_gguf_options as _check_gguf_option
 from solar_jax.checkpoint.sources import open_source
 from solar_jax.checkpoint.writers import numpy_dtype
 from solar_jax.config import canonical_dtype
+from solar_jax.destination import check_destination
 from solar_jax.errors import SolarError
 from solar_jax.model.transformer import Model
 
@@ -70,8 +71,7 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "solar", dtype: str |
     if dtype is not None:
         canonical_dtype(dtype)
     src, dst = Path(src), Path(dst)
-    if dst.absolute() == src.absolute():
-        raise SolarError("destination is the source; choose another path")
+    check_destination(dst, [src], overwrite=overwrite)  # before a byte is read
     if to != "gguf" and dst.suffix == ".gguf":
         raise SolarError(f"{dst} names a .gguf file; pass --to gguf to write GGUF")
     _check_gguf_options(to, dtype, quant, tokenizer)

@@ -1,8 +1,12 @@
 """`solar-jax <command>`: each command parses flags and calls the Python API.
 
-User errors (SolarError) print one line `error: ...` and exit 2; anything else is a bug
-and keeps its traceback. Compiled programs are kept on disk between runs
-(solar_jax.compile_cache; SOLAR_JAX_COMPILE_CACHE=off turns that off).
+Every usage mistake and every user error (SolarError) is one line `error: ...` on stderr
+and exit status 2; anything else is a bug and keeps its traceback. Warnings (a flag with
+no effect, a value clamped) are one line `warning: ...`. SIGINT/SIGTERM print the single
+line `interrupted` and exit 130/143, with any output staged so far removed
+(solar_jax.interrupts, solar_jax.destination); `train` instead checkpoints and exits 0.
+Compiled programs are kept on disk between runs (solar_jax.compile_cache;
+SOLAR_JAX_COMPILE_CACHE=off turns that off).
 """
 
 from __future__ import annotations
@@ -10,34 +14,89 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from solar_jax import compile_cache
-from solar_jax.errors import SolarError
+from solar_jax import interrupts  # stdlib only: cheap to import before the handlers go in
 
 COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "generate", "chat",
                    "eval", "ablate", "demo", "report")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line naming the command (argparse
+    prints the usage and the message on separate lines); subparsers inherit the class."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="solar-jax",
-                                     description="SOLAR's recipe in JAX/Flax.")
+    parser = Parser(prog="solar-jax", description="SOLAR's recipe in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"solar_jax.commands.{name}").register(sub)
     return parser
 
 
+def subcommands(parser: argparse.ArgumentParser | None = None,
+                ) -> dict[str, argparse.ArgumentParser]:
+    """Every registered subcommand's parser by name (the README drift test reads these)."""
+    parser = parser or build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from solar_jax.errors import SolarWarning
+    if issubclass(category, SolarWarning):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # The handlers go in before the command imports jax: an interrupt during start-up is
+    # then the same one line as any other. The console script (argv None) keeps them
+    # until the process exits; an in-process call gets the previous handlers back.
+    interrupts.install()
+    previous_showwarning = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
+        return _run(argv)
+    finally:
+        warnings.showwarning = previous_showwarning
+        if argv is None:
+            interrupts.quiet()
+        else:
+            interrupts.restore()
+
+
+def _run(argv) -> int:
+    from solar_jax.errors import SolarError
+
+    try:
+        interrupts.pause_at("startup")
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help (0) or a usage mistake (2, its line printed)
+            return e.code if isinstance(e.code, int) else 2
+        interrupts.configure(ignore_after_commit=getattr(args, "one_output", False))
+        from solar_jax import compile_cache
         compile_cache.enable()
         args.func(args)
+        interrupts.check()  # a signal some library swallowed still ends in `interrupted`
     except SolarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print("interrupted", file=sys.stderr, flush=True)
+        return e.exit_code if isinstance(e, interrupts.Interrupted) else 130
     return 0
 
 

@@ -2,12 +2,17 @@
 
 Every key is checked before anything runs: an unknown key (with a close-match hint), a
 value of the wrong type, or an impossible value is a one-line SolarError naming the key.
+
+Relative paths written in a config file are relative to that file (`rebase_paths`), so a
+config works from any directory; paths given as `key=value` overrides on the command line
+stay relative to the current directory, as a shell user expects.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -28,6 +33,37 @@ def load_yaml(path: str | Path) -> dict:
         raise SolarError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SolarError(f"{path} must hold a mapping of config keys")
+    return data
+
+
+def rebase_paths(data: dict, config_path: str | Path, keys, names=()) -> dict:
+    """Make the relative paths under the dotted `keys` of `data` (read from `config_path`)
+    relative to the config file's directory. A value may be a string, a list of strings or
+    a data mapping (its `path` and `cache_dir`). URLs, absolute paths and `names` (preset
+    or alias names, unless such a file exists beside the config) are left as they are."""
+    base = os.path.dirname(os.path.abspath(config_path))
+
+    def rebase(value):
+        if isinstance(value, list):
+            return [rebase(v) for v in value]
+        if isinstance(value, dict):
+            return {k: rebase(v) if k in ("path", "cache_dir") else v for k, v in value.items()}
+        if not isinstance(value, str) or not value or "://" in value:
+            return value
+        expanded = os.path.expanduser(value)
+        if os.path.isabs(expanded):
+            return value
+        joined = os.path.normpath(os.path.join(base, expanded))
+        if value in names and not os.path.exists(joined):
+            return value
+        return joined
+
+    for key in keys:
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and parts[-1] in node:
+            node[parts[-1]] = rebase(node[parts[-1]])
     return data
 
 

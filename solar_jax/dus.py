@@ -102,6 +102,7 @@ def upscale_checkpoint(src: str | Path, dst: str | Path, *, m: int | None = None
         n = open_source(Path(src).absolute()).config.num_layers
         plan = Recipe("passthrough", tuple(OutputSlice((InputSlice(str(src), r, {}),), {})
                                            for r in solar_ranges(n, m)))
-    source = open_recipe(plan, dtype=dtype, dst=dst, overwrite=overwrite)
+    source = open_recipe(plan, dtype=dtype, dst=dst, overwrite=overwrite,
+                         inputs=[src, recipe])
     return write_recipe(source, dst, to=to, max_shard_size=max_shard_size, overwrite=overwrite,
                         quant=quant, tokenizer=tokenizer)

@@ -10,3 +10,13 @@ class SolarError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class SolarWarning(UserWarning):
+    """A user-facing warning: a flag with no effect, a value clamped. The CLI prints it as
+    one line `warning: ...`; the Python API raises it through the warnings module."""
+
+
+def warn(message: str) -> None:
+    import warnings
+    warnings.warn(SolarWarning(" ".join(str(message).split())), stacklevel=2)

@@ -139,7 +139,7 @@ def merge_checkpoints(models: Sequence[str | Path] | None, dst: str | Path, *,
                              f"(passthrough recipes: solar-jax upscale)")
     else:
         plan = recipe_from_flags(models or [], method, base, values)
-    source = open_recipe(plan, dtype=dtype, dst=dst, overwrite=overwrite)
+    source = open_recipe(plan, dtype=dtype, dst=dst, overwrite=overwrite, inputs=[recipe])
     return write_recipe(source, dst, to=to, max_shard_size=max_shard_size, overwrite=overwrite,
                         quant=quant, tokenizer=tokenizer)
 

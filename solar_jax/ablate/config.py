@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from solar_jax.config_io import apply_overrides, from_dict, load_yaml
+from solar_jax.config_io import apply_overrides, from_dict, load_yaml, rebase_paths
 from solar_jax.data import DataConfig
 from solar_jax.errors import SolarError
 from solar_jax.train.config import DistributedConfig, TrainConfig
@@ -46,6 +46,11 @@ def _heal_fields():
 HealConfig = dataclasses.make_dataclass("HealConfig", _heal_fields())
 HealConfig.__doc__ = ("Healing (continued pretraining of each candidate): TrainConfig's "
                       "optimizer keys " + ", ".join(HEAL_KEYS) + ".")
+
+
+def plural(n: int, word: str) -> str:
+    """'1 step', '2 steps', '1 warmup step' (word is the singular)."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 # `model: smollm2-gguf` names the SmolLM2-135M-Instruct GGUF that `make install` puts in
@@ -312,8 +317,16 @@ class AblateConfig:
                 "heal": dataclasses.asdict(self.heal) if self.heal_tokens else None}
 
 
+# Config keys holding paths: relative ones are relative to the config file (config_io).
+PATH_KEYS = ("model", "tokenizer", "eval_data", "calibration_data", "heal_data",
+             "heal_checkpoint_dir", "out_dir")
+
+
 def load_ablate_config(path: str | Path | None, overrides: list[str] = ()) -> AblateConfig:
     data = load_yaml(path) if path else {}
+    if path:
+        from solar_jax.config import list_presets
+        data = rebase_paths(data, path, PATH_KEYS, names=[*list_presets(), *MODEL_ALIASES])
     data = apply_overrides(data, list(overrides))
     config = from_dict(AblateConfig, data)
     config.validate()

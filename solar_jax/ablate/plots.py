@@ -24,9 +24,9 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    tmp.replace(path)
+    from solar_jax.destination import staged_file
+    with staged_file(path) as stage:
+        fig.savefig(stage, dpi=DPI, bbox_inches="tight", format="png")
     return path
 
 

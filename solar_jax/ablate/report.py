@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from solar_jax.ablate.config import plural
 from solar_jax.ablate.sweep import COLUMNS, _jsonable, write_atomic
 
 
@@ -109,14 +110,15 @@ def report_markdown(cfg, *, rows, base, diag, n, best, heal_source, plots) -> st
     name = Path(resolve_model(str(cfg.model))).name or str(cfg.model)
     lines = [f"# Layer-count ablation: {name}", ""]
     eval_paths = ", ".join(cfg.data_config("eval_data").paths)
-    lines.append(f"Base model: {n} layers, {base['params'] / 1e6:.1f}M parameters; held-out "
-                 f"loss {base['loss']:.4f} (perplexity {base['ppl']:.2f}) on {base['tokens']} "
-                 f"tokens of `{eval_paths}` (seq_len {cfg.seq_len}).")
+    lines.append(f"Base model: {plural(n, 'layer')}, {base['params'] / 1e6:.1f}M parameters; "
+                 f"held-out loss {base['loss']:.4f} (perplexity {base['ppl']:.2f}) on "
+                 f"{plural(base['tokens'], 'token')} of `{eval_paths}` (seq_len {cfg.seq_len}).")
     if healed:
         h = cfg.heal
-        lines.append(f"Healing budget: {cfg.heal_tokens} tokens per candidate = {cfg.heal_steps} "
-                     f"steps of {cfg.heal_batch_size} x {cfg.seq_len} on {heal_source}; AdamW lr "
-                     f"{h.learning_rate:g}, {h.warmup_steps} warmup steps, {h.schedule} schedule "
+        lines.append(f"Healing budget: {plural(cfg.heal_tokens, 'token')} per candidate = "
+                     f"{plural(cfg.heal_steps, 'step')} of {cfg.heal_batch_size} x {cfg.seq_len} "
+                     f"on {heal_source}; AdamW lr {h.learning_rate:g}, "
+                     f"{plural(h.warmup_steps, 'warmup step')}, {h.schedule} schedule "
                      f"— the same data and hyperparameters for every candidate.")
     else:
         lines.append("No healing (heal_tokens = 0): losses are of the freshly up-scaled models.")

@@ -20,14 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from solar_jax.ablate.config import AblateConfig, Point
+from solar_jax.ablate.config import AblateConfig, Point, plural, resolve_model
 from solar_jax.ablate.diagnostics import layer_similarity, seam_distance
 from solar_jax.errors import SolarError
 from solar_jax.tokenizer import run_tokenizer
@@ -38,17 +37,24 @@ COLUMNS = ("m", "cut_a", "cut_b", "layers", "params", "seam_distance", "loss_bef
            "heal_steps", "heal_final_train_loss", "heal_status", "seconds")
 
 
+def _check_out_dir(cfg: AblateConfig) -> None:
+    """The destination guard: out_dir (results, plots, healing checkpoints) must not be,
+    hold or lie inside the model, the tokenizer or a data file."""
+    from solar_jax.destination import check_overlap
+
+    inputs = [resolve_model(str(cfg.model)), cfg.tokenizer]
+    for name in ("eval_data", "calibration_data", "heal_data"):
+        data = cfg.data_config(name)
+        inputs += [p for p in (data.paths if data else []) if not any(c in p for c in "*?[")]
+    check_overlap(cfg.out_dir, [p for p in inputs if p and Path(p).exists()], what="out_dir")
+
+
 # -- records ---------------------------------------------------------------------------------
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and a rename, so a
-    crash leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """`text` to `path` through a staged file: a crash leaves the old file or the new one,
+    never half of one (solar_jax.destination)."""
+    from solar_jax.destination import write_text_atomic
+    write_text_atomic(path, text)
 
 
 def _jsonable(x):
@@ -371,6 +377,7 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
     from solar_jax.train.loop import init_distributed
 
     cfg.validate()
+    _check_out_dir(cfg)
     init_distributed(cfg.train_config())
     main = jax.process_index() == 0
     if log is None:
@@ -397,10 +404,10 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
     s_eval = {**cfg.settings("eval"), **extra}
     s_base = {k: v for k, v in s_eval.items() if k not in ("heal_tokens", "heal", "heal_data")}
     s_diag = {**cfg.settings("diag"), "calibration_rows": data.calibration_rows.num_rows}
-    log(f"ablate: {config.model_type} with {n} layers ({config.num_params / 1e6:.1f}M params), "
-        f"{len(points)} candidate{'s' * (len(points) != 1)}, held-out "
-        f"{data.eval_rows.num_rows} rows x {cfg.seq_len}"
-        + (f", healing {cfg.heal_tokens} tokens = {cfg.heal_steps} steps of "
+    log(f"ablate: {config.model_type} with {plural(n, 'layer')} "
+        f"({config.num_params / 1e6:.1f}M params), {plural(len(points), 'candidate')}, held-out "
+        f"{plural(data.eval_rows.num_rows, 'row')} x {cfg.seq_len}"
+        + (f", healing {plural(cfg.heal_tokens, 'token')} = {plural(cfg.heal_steps, 'step')} of "
            f"{cfg.heal_batch_size} x {cfg.seq_len} on {data.heal_source}"
            if cfg.heal_tokens else ", no healing"))
 
@@ -427,7 +434,7 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
                 "seconds": time.perf_counter() - t0}
         store.put("diagnostics", s_diag, diag)
         diag = _jsonable(diag)
-        log(f"diagnostics on {sim['tokens']} calibration tokens ({diag['seconds']:.1f}s)")
+        log(f"diagnostics on {plural(sim['tokens'], 'calibration token')} ({diag['seconds']:.1f}s)")
     else:
         log("diagnostics: done before, loaded")
     if not have[1]:
@@ -436,14 +443,15 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
         base = {"layers": n, "params": config.num_params, "loss": ev["loss"], "ppl": ev["ppl"],
                 "acc": ev["acc"], "tokens": ev["tokens"], "seconds": time.perf_counter() - t0}
         store.put("base", s_base, base)
-        log(f"base model: loss {ev['loss']:.4f} (ppl {ev['ppl']:.2f}) on {ev['tokens']} tokens")
+        log(f"base model: loss {ev['loss']:.4f} (ppl {ev['ppl']:.2f}) on "
+            f"{plural(ev['tokens'], 'token')}")
     else:
         log("base model: done before, loaded")
 
     # (None only on processes other than 0 when out_dir is local to process 0)
     angular = np.asarray(diag["angular_distance"], np.float64) if diag is not None else None
     for i, point in enumerate(points):
-        tag = f"[{i + 1}/{len(points)}] {point.label} ({point.layers} layers)"
+        tag = f"[{i + 1}/{len(points)}] {point.label} ({plural(point.layers, 'layer')})"
         if have[2 + i]:
             log(f"{tag}: done before, skipped")
             continue

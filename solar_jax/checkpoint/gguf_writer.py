@@ -23,15 +23,16 @@ found before writing (unknown quant type, no tokenizer, existing DST), leaves DS
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
+from solar_jax import interrupts
 from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.sources import NamedTensorSource, ParamSource
 from solar_jax.config import ModelConfig
+from solar_jax.destination import check_destination, staged_file
 from solar_jax.errors import SolarError
 
 QUANT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
@@ -139,8 +140,7 @@ def write_gguf(source: ParamSource, dst: str | Path, *, quant: str | None = None
         raise SolarError(f"GGUF output {dst} must be a file name ending in .gguf")
     if dst.is_dir():
         raise SolarError(f"destination {dst} is a directory; give a .gguf file path")
-    if dst.exists() and not overwrite:
-        raise SolarError(f"destination {dst} exists; pass --overwrite to replace it")
+    check_destination(dst, source.input_paths(), overwrite=overwrite)
     config = source.config
     _check_architecture(config, source.location)
     from solar_jax.checkpoint.gguf_vocab import tokenizer_metadata
@@ -148,29 +148,24 @@ def write_gguf(source: ParamSource, dst: str | Path, *, quant: str | None = None
     vocab = tokenizer_metadata(source, config) if tokenizer else None
     plan = plan_tensors(source, config, quant)
 
-    final = dst.absolute()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = final.parent / f".{final.name}.partial-{os.getpid()}"
-    writer = gguf.GGUFWriter(stage, config.arch.gguf_arch)
-    try:
-        _add_model_metadata(writer, source, config, quant, name or _default_name(source, dst))
-        if vocab is None:
-            writer.add_tokenizer_model("none")  # llama.cpp's marker for "no vocabulary"
-        else:
-            for key, value in vocab.items():
-                writer.add_key_value(key, value.value, value.type, value.sub_type)
-        for t in plan:
-            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        _write_data(writer, source, plan)
-        writer.close()
-        os.replace(stage, final)
-    except BaseException:
-        writer.close()
-        stage.unlink(missing_ok=True)
-        raise
+    with staged_file(dst) as stage:
+        writer = gguf.GGUFWriter(stage, config.arch.gguf_arch)
+        try:
+            _add_model_metadata(writer, source, config, quant, name or _default_name(source, dst))
+            if vocab is None:
+                writer.add_tokenizer_model("none")  # llama.cpp's marker for "no vocabulary"
+            else:
+                for key, value in vocab.items():
+                    writer.add_key_value(key, value.value, value.type, value.sub_type)
+            for t in plan:
+                writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes,
+                                       raw_dtype=t.qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            _write_data(writer, source, plan)
+        finally:
+            writer.close()
     return dst
 
 
@@ -192,10 +187,12 @@ def _write_data(writer, source: ParamSource, plan: list[_Tensor]) -> None:
                              f"{list(hf.shape)}, expected {list(t.shape)}")
         if t.rotary_heads:
             hf = permute_rotary_rows(hf, t.rotary_heads)
+        interrupts.pause_at("read")
         data = encode(t, hf)
         del hf
         writer.write_tensor_data(data)
         del data
+        interrupts.pause_at("write")
 
 
 def _check_architecture(config: ModelConfig, where) -> None:

@@ -31,6 +31,9 @@ class MemorySource(ParamSource):
         array = np.asarray(jax.device_get(hf_names.get_leaf(self.params, path)))
         return array if layers is None else array[np.asarray(layers)]
 
+    def input_paths(self) -> list[Path]:
+        return [Path(self._extras_from)] if self._extras_from else []
+
     def copy_extras(self, dst: Path) -> None:
         if self._extras_from is not None and Path(self._extras_from).is_dir():
             for name in (*TOKENIZER_FILES, "generation_config.json"):

@@ -25,7 +25,7 @@ from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.output import write_source
 from solar_jax.checkpoint.recipe_plan import Job, build_plan
 from solar_jax.checkpoint.sources import NamedTensorSource, ParamSource, open_source
-from solar_jax.checkpoint.writers import check_destination
+from solar_jax.destination import check_destination
 from solar_jax.errors import SolarError
 from solar_jax.recipes import Recipe, write_recipe_file
 
@@ -46,6 +46,9 @@ class RecipeSource(ParamSource):
     def extras_source(self) -> ParamSource:
         """The input whose tokenizer and extra files the output carries (the base)."""
         return self.base
+
+    def input_paths(self) -> list[Path]:
+        return [p for source in self.sources.values() for p in source.input_paths()]
 
     def leaf_spec(self, path):
         shape, dtype = self.base.leaf_spec(path)
@@ -133,16 +136,16 @@ class _LayerReader:
 
 
 def open_recipe(recipe: Recipe, *, dtype: str | None = None, dst=None,
-                overwrite: bool = False) -> RecipeSource:
+                overwrite: bool = False, inputs=()) -> RecipeSource:
     """Open and check every model of `recipe` and resolve all its parameters; no tensor
-    data is read. `dtype` overrides the recipe's output dtype."""
+    data is read. `dtype` overrides the recipe's output dtype. With `dst`, the destination
+    guard runs first against every model and the extra `inputs` (the recipe file)."""
+    models = _models(recipe)
     if dst is not None:
-        check_destination(Path(dst).absolute(), overwrite)
+        check_destination(dst, [*models, *inputs], overwrite=overwrite)
     sources: dict[str, ParamSource] = {}
-    for model in _models(recipe):
+    for model in models:
         key = _key(model)
-        if dst is not None and Path(key).resolve() == Path(dst).resolve():
-            raise SolarError(f"destination {dst} is one of the input models; choose another path")
         if key not in sources:
             sources[key] = open_source(key)  # absolute: orbax misreads relative paths
     plan = build_plan(recipe, sources, _key, dtype)

@@ -44,6 +44,10 @@ class ParamSource:
     def copy_extras(self, dst: Path) -> None:
         """Copy tokenizer and generation config files next to exported weights."""
 
+    def input_paths(self) -> list[Path]:
+        """The files/folders this source reads: what a destination must not overlap."""
+        return [self.location]
+
     def source_dtype(self) -> np.dtype:
         return self.leaf_spec(("embed", "embedding"))[1]
 

@@ -1,18 +1,16 @@
 """Streaming writers: a ParamSource -> a solar-jax checkpoint, or -> a Hugging Face folder.
 
 Both read one leaf at a time from the source, so peak memory is about one stacked leaf
-plus one layer of it. Output goes to a hidden staging directory beside DST that is renamed
-into place only when everything is written: a failure leaves nothing at DST.
+plus one layer of it. DST is checked by the destination guard (not an input, not holding
+or inside one) and written through a staged directory that replaces DST only when
+everything is written (solar_jax.destination): a failure or an interrupt leaves the
+previous DST, or nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 from pathlib import Path
-from typing import Iterator
 
 import ml_dtypes
 import numpy as np
@@ -21,35 +19,16 @@ from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.safetensors_io import parse_size, plan_shards, write_safetensors
 from solar_jax.checkpoint.solar_format import LeafWriter, write_config
 from solar_jax.checkpoint.sources import ParamSource
+from solar_jax import interrupts
 from solar_jax.config import ModelConfig, canonical_dtype
+from solar_jax.destination import check_destination, staged_dir
 from solar_jax.errors import SolarError
 
 
-def check_destination(dst: Path, overwrite: bool) -> None:
-    if dst.exists() and not overwrite:
-        if dst.is_file() or any(dst.iterdir()):
-            raise SolarError(f"destination {dst} exists and is not empty; pass --overwrite to replace it")
-
-
-@contextlib.contextmanager
-def staged_output(dst: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh staging dir; on success it replaces `dst`, on failure it vanishes."""
-    dst = Path(dst).absolute()
-    check_destination(dst, overwrite)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    stage = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if dst.is_dir():
-        shutil.rmtree(dst)
-    elif dst.exists():
-        dst.unlink()
-    os.replace(stage, dst)
+def guarded_stage(source: ParamSource, dst: str | Path, overwrite: bool):
+    """The destination guard against every input of `source`, then a staged directory."""
+    check_destination(dst, source.input_paths(), overwrite=overwrite)
+    return staged_dir(dst)
 
 
 def _target_dtype(source: ParamSource, dtype: str | None, path) -> np.dtype:
@@ -75,12 +54,14 @@ def output_config(source: ParamSource, dtype: str | None) -> ModelConfig:
 def write_solar(source: ParamSource, dst: str | Path, *, dtype: str | None = None,
                 overwrite: bool = False) -> Path:
     config = output_config(source, dtype)
-    with staged_output(dst, overwrite) as stage:
+    with guarded_stage(source, dst, overwrite) as stage:
         writer = LeafWriter(stage)
         for path in source.leaf_paths():
             array = source.read_leaf(path)
+            interrupts.pause_at("read")
             writer.add(path, array.astype(_target_dtype(source, dtype, path), copy=False))
             del array
+            interrupts.pause_at("write")
         writer.finish()
         write_config(stage, config)
         source.copy_extras(stage)
@@ -110,16 +91,18 @@ def write_hf(source: ParamSource, dst: str | Path, *, dtype: str | None = None,
             current["path"] = path
             current["array"] = source.read_leaf(path).astype(
                 _target_dtype(source, dtype, path), copy=False)
+            interrupts.pause_at("read")
         array = current["array"]
         return hf_names.to_hf(rules[path], array[layer] if rules[path].stacked else array)
 
     shards = plan_shards(specs, max_bytes)
-    with staged_output(dst, overwrite) as stage:
+    with guarded_stage(source, dst, overwrite) as stage:
         weight_map, total = {}, 0
         for k, shard in enumerate(shards):
             fname = ("model.safetensors" if len(shards) == 1
                      else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors")
             write_safetensors(stage / fname, shard, fetch)
+            interrupts.pause_at("write")
             for name, shape, dt in shard:
                 weight_map[name] = fname
                 total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize

@@ -1,5 +1,7 @@
 """solar-jax chat MODEL [--system TEXT] [sampling flags]: an interactive chat that streams
-the answers; /reset forgets the conversation, /exit (or Ctrl-D) quits."""
+the answers; /reset forgets the conversation, /help lists the commands, /exit (or Ctrl-D)
+quits. A line starting with "/" is a command, never sent to the model ("//text" sends
+"/text")."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import sys
 
 from solar_jax.commands.generate import add_model_args, add_sampling_args, load, sampling
 from solar_jax.errors import SolarError
+
+
+HELP = "commands: /reset (start over), /help, /exit or /quit (or Ctrl-D); //text sends /text"
 
 
 def register(sub) -> None:
@@ -22,12 +27,14 @@ def run(args) -> None:
     from solar_jax.generate.chat import ChatSession
 
     Sampler(args.temperature, args.top_k, args.top_p)
+    options = sampling(args)
     model, tokenizer = load(args)
     session = ChatSession(model, tokenizer, system=args.system,
-                          max_new_tokens=args.max_new_tokens, **sampling(args))
+                          max_new_tokens=args.max_new_tokens, **options)
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"{model} — /reset to start over, /exit to quit", file=sys.stderr)
+        print(f"{model} — /reset to start over, /help for commands, /exit to quit",
+              file=sys.stderr)
     while True:
         try:
             text = input("you> " if interactive else "")
@@ -36,11 +43,20 @@ def run(args) -> None:
         text = text.strip()
         if not text:
             continue
-        if text in ("/exit", "/quit"):
-            break
-        if text == "/reset":
-            session.reset()
+        if text.startswith("/") and not text.startswith("//"):
+            command = text.split()[0]
+            if command in ("/exit", "/quit"):
+                break
+            if command == "/reset":
+                session.reset()
+                print("(conversation reset" + (", system message kept)" if args.system
+                                               else ")"), file=sys.stderr)
+            elif command == "/help":
+                print(HELP, file=sys.stderr)
+            else:
+                print(f"unknown command {command}; {HELP}", file=sys.stderr)
             continue
+        text = text[1:] if text.startswith("//") else text
         sys.stdout.write("assistant> " if interactive else "")
         try:
             session.ask(text, on_text=lambda d: (sys.stdout.write(d), sys.stdout.flush()))

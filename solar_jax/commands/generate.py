@@ -15,7 +15,9 @@ def add_sampling_args(p) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling seed (default: a fresh random one, printed so the run can "
+                        "be repeated; greedy decoding needs none)")
     p.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop when the text contains STR (repeatable)")
 
@@ -38,8 +40,24 @@ def load(args):
 
 
 def sampling(args) -> dict:
+    """The sampling keyword arguments; draws (and prints) a seed when sampling without one,
+    and warns about sampling flags that greedy decoding ignores."""
+    from solar_jax.errors import warn
+
+    seed = args.seed
+    if args.temperature > 0 and seed is None:
+        import secrets
+        seed = secrets.randbelow(2**31)
+        print(f"seed: {seed} (pass --seed {seed} to repeat this run)", file=sys.stderr)
+    elif args.temperature == 0:
+        ignored = [flag for flag, given in (("--top-k", args.top_k != 0),
+                                            ("--top-p", args.top_p != 1.0),
+                                            ("--seed", seed is not None)) if given]
+        if ignored:
+            warn(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect "
+                 f"with greedy decoding (--temperature 0)")
     return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                seed=args.seed, stop=tuple(args.stop))
+                seed=seed or 0, stop=tuple(args.stop))
 
 
 def register(sub) -> None:
@@ -48,7 +66,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                    help="prompt text (repeat for a batch)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
-    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--system", default=None, help="system message (with --chat only)")
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -58,6 +76,10 @@ def run(args) -> None:
     from solar_jax.tokenizer import chat_prompt
 
     Sampler(args.temperature, args.top_k, args.top_p)  # bad flags fail before loading
+    if args.system is not None and not args.chat:
+        from solar_jax.errors import warn
+        warn("--system has no effect without --chat (a plain prompt has no system message)")
+    options = sampling(args)
     model, tokenizer = load(args)
     prompts = [chat_prompt(tokenizer, p, args.system) if args.chat else tokenizer.encode(p)
                for p in args.prompt]
@@ -69,7 +91,7 @@ def run(args) -> None:
 
     outs = generate(model, prompts, args.max_new_tokens, tokenizer=tokenizer,
                     end_ids=end_token_ids(model, tokenizer), on_text=on_text if stream else None,
-                    **sampling(args))
+                    **options)
     if stream:
         print()
         return

@@ -26,17 +26,21 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                    help="output weight dtype (default: the recipe's, else the first model's); "
                         "arithmetic is always fp32")
-    p.add_argument("--max-shard-size", default="5GB", help="HF output shard size (e.g. 5GB)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
-    p.set_defaults(func=run)
+    p.add_argument("--max-shard-size", default=None,
+                   help="HF output shard size (default 5GB; --to hf only)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty DST (once the new one is complete)")
+    p.set_defaults(func=run, one_output=True)
 
 
 def run(args) -> None:
+    from solar_jax.commands.flag_checks import shard_size
     from solar_jax.merge import merge_checkpoints
 
     out = merge_checkpoints(args.models, args.out, method=args.method, base=args.base,
                             parameters=method_parameters(args), quant=args.quant,
                             tokenizer=args.tokenizer,
                             recipe=args.recipe, to=args.to, dtype=args.dtype,
-                            max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+                            max_shard_size=shard_size(args, hf=args.to == "hf"),
+                            overwrite=args.overwrite)
     print(f"wrote merged {args.to} checkpoint to {out}")

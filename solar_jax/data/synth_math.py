@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from solar_jax import interrupts
 from solar_jax.data.sources import iter_jsonl_records
+from solar_jax.destination import check_overlap, overlap, staged_files
 from solar_jax.errors import SolarError
 
 STEP = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
@@ -69,6 +71,12 @@ def build_math_data(src: str | Path, out_dir: str | Path, *, seed: int = 0,
     if not src.is_file():
         raise SolarError(f"GSM8K file {src} does not exist")
     outputs = {"sft": out_dir / "sft.jsonl", "preference": out_dir / "preference.jsonl"}
+    # OUT_DIR is not replaced, only its two files: those must not be the input (OUT_DIR
+    # may well hold the input file beside them).
+    if overlap(out_dir, src) in ("is", "lies inside"):
+        raise SolarError(f"output directory {out_dir} is the input {src}; choose another path")
+    for path in outputs.values():
+        check_overlap(path, [src], what="output")
     if not overwrite and any(p.exists() for p in outputs.values()):
         raise SolarError(f"{out_dir} already holds sft.jsonl/preference.jsonl; pass --overwrite")
     sft, pairs = [], []
@@ -85,9 +93,8 @@ def build_math_data(src: str | Path, out_dir: str | Path, *, seed: int = 0,
                           "rejected": rejected})
     if not sft:
         raise SolarError(f"{src} holds no records")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("sft", sft), ("preference", pairs)):
-        tmp = outputs[name].with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(outputs[name])
+    with staged_files([outputs["sft"], outputs["preference"]]) as stages:
+        for stage, rows in zip(stages, (sft, pairs)):
+            stage.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            interrupts.pause_at("write")
     return {"sft": len(sft), "preference": len(pairs)}

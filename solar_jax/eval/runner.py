@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from solar_jax.errors import SolarError
+from solar_jax.errors import SolarError, warn
 from solar_jax.eval.scoring import Scorer
 from solar_jax.eval.tasks import TASKS, GenDoc, MCDoc, load_docs, read_texts, task_spec
 
@@ -51,7 +51,8 @@ def _multiple_choice(docs: list[MCDoc], scorer: Scorer, task: str) -> tuple[dict
         pred = int(np.argmax(lls))
         lengths = np.array([float(len(c)) for c in d.choices])
         pred_norm = int(np.argmax(lls / lengths))
-        sample = {"id": d.id, "choices": d.choices, "gold": d.gold,
+        sample = {"id": d.id, "question": d.question, **_contexts(d),
+                  "choices": d.choices, "gold": d.gold,
                   "loglikelihoods": lls.tolist(), "is_greedy": [s[1] for s in got],
                   "pred": pred, "pred_norm": pred_norm,
                   "acc": float(pred == d.gold), "acc_norm": float(pred_norm == d.gold)}
@@ -67,6 +68,16 @@ def _multiple_choice(docs: list[MCDoc], scorer: Scorer, task: str) -> tuple[dict
     metrics.update({f"{m}_stderr": _stderr([s[m] for s in samples]) for m in TASKS[task].metrics})
     return metrics, samples
 
+
+def _contexts(d: MCDoc) -> dict:
+    """The model's input: one context shared by every choice, or one per choice
+    (winogrande puts the choice in the context)."""
+    if all(c == d.contexts[0] for c in d.contexts):
+        return {"context": d.contexts[0]}
+    return {"contexts": d.contexts}
+
+
+PREVIEW_CHARS = 200  # a perplexity document can be a whole corpus: its start only
 
 GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>")
 GSM8K_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
@@ -119,7 +130,8 @@ def _generation(docs: list[GenDoc], model, tokenizer, batch_size: int, max_gen_t
     for d, text in zip(docs, texts):
         target = normalize_answer(d.target)
         strict, flexible = extract_answer(text), extract_answer(text, flexible=True)
-        samples.append({"id": d.id, "target": d.target, "generation": text,
+        samples.append({"id": d.id, "question": d.question, "prompt": d.prompt,
+                        "target": d.target, "generation": text,
                         "extracted": strict, "extracted_flexible": flexible,
                         "exact_match": float(normalize_answer(strict) == target),
                         "exact_match_flexible": float(normalize_answer(flexible) == target)})
@@ -141,8 +153,9 @@ def _perplexity(texts: list[str], scorer: Scorer) -> tuple[dict, list]:
                "bits_per_byte": -ll / n_bytes / math.log(2),
                "word_perplexity": math.exp(-ll / words),
                "tokens": tokens, "bytes": n_bytes, "words": words, "loglikelihood": ll}
-    samples = [{"id": str(i), "loglikelihood": r[0], "tokens": r[1]}
-               for i, r in enumerate(results)]
+    samples = [{"id": str(i), "text": t[:PREVIEW_CHARS] + ("..." if len(t) > PREVIEW_CHARS else ""),
+                "loglikelihood": r[0], "tokens": r[1]}
+               for i, (t, r) in enumerate(zip(texts, results))]
     return metrics, samples
 
 
@@ -160,7 +173,12 @@ def evaluate(model, task: str, data: str | Path, *, limit: int | None = None,
     if batch_size < 1:
         raise SolarError(f"batch-size must be at least 1, got {batch_size}")
     tokenizer = tokenizer or model_tokenizer(model)
-    max_length = max_length or model.config.max_position_embeddings
+    context = model.config.max_position_embeddings
+    if max_length is not None and max_length > context:
+        warn(f"max-length {max_length} is above the model's context of {context} tokens; "
+             f"using {context}")
+        max_length = context
+    max_length = max_length or context
     started = time.perf_counter()
     if spec.kind == "perplexity":
         docs = read_texts(data, limit)

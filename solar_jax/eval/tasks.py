@@ -32,6 +32,7 @@ class MCDoc:
     choices: list[str]         # lm-eval's doc_to_choice strings (acc_norm divides by len)
     gold: int
     labels: list[int] | None = None  # truthfulqa_mc2: 1 for each true answer
+    question: str = ""  # the document's own text, without the few-shot examples
 
 
 @dataclasses.dataclass
@@ -39,6 +40,7 @@ class GenDoc:
     id: str
     prompt: str
     target: str
+    question: str = ""  # the document's own text, without the few-shot examples
 
 
 # ---- few-shot ---------------------------------------------------------------------------------
@@ -64,9 +66,10 @@ Prefix = Callable[[Record, Callable[[Record], str]], str]
 # ---- multiple-choice tasks ------------------------------------------------------------------
 
 
-def _mc(doc_id, context: str, choices: list[str], gold: int, labels=None) -> MCDoc:
+def _mc(doc_id, context: str, choices: list[str], gold: int, labels=None,
+        question: str = "") -> MCDoc:
     return MCDoc(doc_id, [context] * len(choices), [" " + c for c in choices], choices, gold,
-                 labels)
+                 labels, question)
 
 
 def arc_docs(records, prefix: Prefix):
@@ -95,7 +98,8 @@ def arc_docs(records, prefix: Prefix):
     out = []
     for i, rec in enumerate(records):
         context, texts, gold = parse(rec)
-        out.append(_mc(str(rec.get("id", i)), prefix(rec, shot) + context, texts, gold))
+        out.append(_mc(str(rec.get("id", i)), prefix(rec, shot) + context, texts, gold,
+                       question=context))
     return out
 
 
@@ -124,7 +128,8 @@ def hellaswag_docs(records, prefix: Prefix):
     out = []
     for i, rec in enumerate(records):
         query, endings, gold = parse(rec)
-        out.append(_mc(str(rec.get("ind", i)), prefix(rec, shot) + query, endings, gold))
+        out.append(_mc(str(rec.get("ind", i)), prefix(rec, shot) + query, endings, gold,
+                       question=query))
     return out
 
 
@@ -150,7 +155,8 @@ def winogrande_docs(records, prefix: Prefix):
         contexts, target, gold = parse(rec)
         head = prefix(rec, shot)
         out.append(MCDoc(str(rec.get("qID", i)), [head + c for c in contexts],
-                         [" " + target] * 2, contexts, gold))
+                         [" " + target] * 2, contexts, gold,
+                         question=field(rec, "sentence", kind=str)))
     return out
 
 
@@ -194,7 +200,8 @@ def mmlu_docs(records, prefix: Prefix, subject: str):
     out = []
     for i, rec in enumerate(records):
         text, gold = parse(rec)
-        out.append(_mc(str(i), description + prefix(rec, shot) + text, list("ABCD"), gold))
+        out.append(_mc(str(i), description + prefix(rec, shot) + text, list("ABCD"), gold,
+                       question=text))
     return out
 
 
@@ -256,7 +263,8 @@ def truthfulqa_docs(records, mc2: bool):
             else:
                 choices, labels = [best] + false, [1] + [0] * len(false)
         context = TRUTHFULQA_PREAMBLE + "\n\nQ: " + question + "\nA:"
-        out.append(_mc(str(i), context, choices, 0, labels if mc2 else None))
+        out.append(_mc(str(i), context, choices, 0, labels if mc2 else None,
+                       question=question))
     return out
 
 
@@ -275,7 +283,7 @@ def gsm8k_docs(records, prefix: Prefix):
         text, answer = parse(rec)
         if "####" not in answer:
             raise bad(rec, "answer has no '#### N' final answer")
-        out.append(GenDoc(str(i), prefix(rec, shot) + text, answer))
+        out.append(GenDoc(str(i), prefix(rec, shot) + text, answer, question=text))
     return out
 
 
@@ -330,8 +338,10 @@ def _mmlu_dev_file(path: Path) -> Path | None:
 
 def load_docs(task: str, path: str | Path, *, num_fewshot: int | None = None,
               fewshot_path: str | Path | None = None, limit: int | None = None):
-    """The task's documents from `path` (first `limit`), with few-shot examples drawn from
-    `fewshot_path` (default: the same file, never the evaluated document itself)."""
+    """The task's documents from `path` (the first `limit` of them), with few-shot examples
+    drawn from `fewshot_path` (default: the whole of the same file, never the evaluated
+    document itself). As lm-eval's --limit, `limit` cuts the evaluated documents only: the
+    first N prompts are the same as the first N of a full run."""
     spec = task_spec(task)
     if spec.kind == "perplexity":
         raise SolarError("perplexity reads plain text; use read_texts")
@@ -344,11 +354,11 @@ def load_docs(task: str, path: str | Path, *, num_fewshot: int | None = None,
     records = _read_records(task, path)
     if not records:
         raise SolarError(f"data file {path} has no records")
-    if limit is not None:
-        records = records[:max(limit, 0)]
     if task == "mmlu" and fewshot_path is None and k:
         fewshot_path = _mmlu_dev_file(path)
     pool = records if fewshot_path is None else _read_records(task, Path(fewshot_path))
+    if limit is not None:
+        records = records[:max(limit, 0)]
     if k and len(pool) < k + (fewshot_path is None):
         raise SolarError(f"{k}-shot needs at least {k + 1} examples to draw from, "
                          f"have {len(pool)}; pass --fewshot-data")

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from solar_jax.errors import SolarError
+from solar_jax.errors import SolarError, warn
 from solar_jax.generate.engine import Decoder, bucket
 from solar_jax.generate.sampling import Sampler
 from solar_jax.generate.text import RowText
@@ -80,6 +80,9 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128,
     if (stops or on_text) and tokenizer is None:
         raise SolarError("stop strings and streaming need a tokenizer")
     max_new = min(max_new_tokens, context - max(len(p) for p in prompts))
+    if max_new < max_new_tokens:
+        warn(f"max-new-tokens {max_new_tokens} shortened to {max_new}: the longest prompt "
+             f"has {max(len(p) for p in prompts)} tokens of the {context}-token context")
     if ignore_eos:
         end_ids = ()
     elif end_ids is None:

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from solar_jax.config_io import apply_overrides, from_dict, load_yaml
+from solar_jax.config_io import apply_overrides, from_dict, load_yaml, rebase_paths
 from solar_jax.data import DataConfig
 from solar_jax.errors import SolarError
 from solar_jax.train.preference_losses import uses_reference
@@ -92,7 +92,10 @@ class TrainConfig:
             if getattr(self, key) <= 0:
                 raise SolarError(f"config key {key} must be positive, got {getattr(self, key)}")
         if self.warmup_steps < 0 or self.warmup_steps > self.steps:
-            raise SolarError(f"config key warmup_steps must be in [0, steps], got {self.warmup_steps}")
+            raise SolarError(f"config key warmup_steps must be in [0, steps], got "
+                             f"{self.warmup_steps} with steps={self.steps}; when lowering "
+                             f"steps, lower warmup_steps too (e.g. "
+                             f"warmup_steps={max(self.steps // 10, 0)})")
         if self.learning_rate <= 0:
             raise SolarError(f"config key learning_rate must be positive, got {self.learning_rate}")
         if self.batch_size % self.grad_accum:
@@ -127,8 +130,15 @@ class TrainConfig:
                              f"({self.reference_model}), it would not be used")
 
 
+# Config keys holding paths: relative ones are relative to the config file (config_io).
+PATH_KEYS = ("model", "tokenizer", "reference_model", "data.path", "data.cache_dir", "run_dir")
+
+
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     data = load_yaml(path) if path else {}
+    if path:
+        from solar_jax.config import list_presets
+        data = rebase_paths(data, path, PATH_KEYS, names=list_presets())
     data = apply_overrides(data, list(overrides))
     config = from_dict(TrainConfig, data)
     config.validate()

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from solar_jax.chat_template import record_template
+from solar_jax.destination import write_text_atomic
 from solar_jax.errors import SolarError
 from solar_jax.sharding import make_mesh
 from solar_jax.tokenizer import run_tokenizer
@@ -31,6 +32,7 @@ from solar_jax.train.metrics import (
 )
 from solar_jax.train.objectives import build_dataset, build_objective
 from solar_jax.train.optimizer import make_optimizer, make_schedule
+from solar_jax.train.run_dir import check_run_dir
 from solar_jax.train.step import compile_train_step
 
 
@@ -72,6 +74,7 @@ class _StopFlag:
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns the last step's metrics."""
+    check_run_dir(cfg)
     init_distributed(cfg)
     mesh = make_mesh(cfg.mesh)
     config, model_source = state_lib.model_config_for(cfg)
@@ -155,7 +158,7 @@ def train(cfg: TrainConfig) -> dict:
                 break
         checkpointer.wait()
         if jax.process_index() == 0 and record.get("step") == cfg.steps:
-            (run_dir / "final_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_text_atomic(run_dir / "final_metrics.json", json.dumps(record, indent=2) + "\n")
     finally:
         stop.restore()
         writer.close()

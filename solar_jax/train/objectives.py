@@ -119,7 +119,7 @@ def reference_table(cfg: TrainConfig, config: ModelConfig, dataset, ref_params, 
         c, r = (np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in (c, r))
         table[ids, 0], table[ids, 1] = c, r
     if jax.process_index() == 0:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, logps=table, fingerprint=np.array(dataset.fingerprint))
-        tmp.replace(path)
+        from solar_jax.destination import staged_file
+        with staged_file(path) as stage, open(stage, "wb") as f:
+            np.savez(f, logps=table, fingerprint=np.array(dataset.fingerprint))
     return table
