@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     # then the same one line as any other. The console script (argv None) keeps them
     # until the process exits; an in-process call gets the previous handlers back.
     interrupts.install()
+    # transformers announces on import that PyTorch is missing; solar-jax never needs torch,
+    # so on a runtime install every command would open with that line. It is advisory only.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
