@@ -226,8 +226,7 @@ def test_model_stock_recipe_and_merge_params_equal_the_cli(root, tmp_path):
 
 
 def test_help_lists_every_registered_method(capsys):
-    with pytest.raises(SystemExit):
-        main(["merge", "--help"])
+    assert main(["merge", "--help"]) == 0  # the CLI returns argparse's exit status
     text = capsys.readouterr().out
     for name in merge_methods.names(stacks_layers=False):
         assert name in text
