@@ -14,8 +14,8 @@ import sys
 from solar_jax import compile_cache
 from solar_jax.errors import SolarError
 
-COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "generate", "chat",
-                   "eval", "ablate", "demo")
+COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "build_instruct",
+                   "generate", "chat", "eval", "ablate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
