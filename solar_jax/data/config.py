@@ -129,4 +129,10 @@ class DataConfig:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The keys as a mapping; subset/mixture keys only when set, so settings recorded
+        before they existed (the ablation's stored results) still compare equal."""
+        out = dataclasses.asdict(self)
+        for key in ("limit", "fraction", "mixture"):
+            if out[key] is None:
+                del out[key]
+        return out

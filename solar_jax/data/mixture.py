@@ -114,7 +114,7 @@ def pair_source(name: str, weight: float, dataset) -> RowSource:
     """A PreferenceDataset (dpo) as a mixture source; loss tokens are both completions'."""
     arrays = dataset.arrays
     tokens = sum(arrays[f"{side}_mask"][:, 1:].sum(1) for side in ("chosen", "rejected"))
-    return RowSource(name, weight, dataset, dataset._rows, dataset.gather, tokens)
+    return RowSource(name, weight, dataset, dataset.row_order, dataset.gather, tokens)
 
 
 class MixtureDataset:

@@ -69,7 +69,7 @@ class PreferenceDataset:
             rows = rows.shuffle(seed=seed)
         rows = rows.repeat()
         offset = process_index * self.local_batch_size
-        self._rows = rows
+        self._rows = self.row_order = rows  # epoch after epoch; a mixture reads row_order
         self._offset = offset
 
     def rows(self, step: int) -> np.ndarray:
