@@ -189,6 +189,15 @@ def test_limit_and_fraction_take_the_first_records(files, tok):
     assert limited.fingerprint != full.fingerprint
 
 
+@pytest.mark.parametrize("path, name", [
+    ("a/b/alpaca_gpt4.jsonl.gz", "alpaca_gpt4"), ("gs://b/sft/openorca/*.parquet", "openorca"),
+    ("data/alpaca_*.jsonl", "alpaca"), ("data/math/", "math"), ("*.txt", "source"),
+    ("x/open orca.jsonl", "open_orca")])
+def test_default_source_names(path, name):
+    from solar_jax.data.mixture_config import default_name
+    assert default_name([path]) == name
+
+
 # ---- bad input -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sources, message", [

@@ -37,13 +37,13 @@ class MixtureSource:
 
 
 def default_name(paths: list[str]) -> str:
-    """`alpaca_gpt4.jsonl` -> `alpaca_gpt4`; a glob or directory -> its directory's name."""
-    first = paths[0].rstrip("/") if paths else ""
+    """`alpaca_gpt4.jsonl` -> `alpaca_gpt4`; `openorca/*.parquet` -> `openorca` (a glob
+    names its directory, or the file-name prefix before the wildcard)."""
+    first = paths[0] if paths else ""
     if glob.has_magic(first):
-        first = os.path.dirname(first.split("*")[0].split("?")[0].split("[")[0].rstrip("/")) \
-            or first
-        first = first.rstrip("/")
-    base = os.path.basename(first)
+        prefix = re.split(r"[*?\[]", first, maxsplit=1)[0]
+        first = prefix.rstrip("/") if prefix.endswith("/") else prefix.rstrip("_-.")
+    base = os.path.basename(first.rstrip("/"))
     changed = True
     while changed:
         changed = False
