@@ -80,7 +80,8 @@ def test_schedule_counts_are_exact_and_every_prefix_within_a_row(weights):
         target = np.arange(1, sched.period + 1) * sched.counts[s] / sched.period
         assert np.abs(prefix - target).max() < 1.0 + 1e-9
     j = 2 * sched.period + 5
-    np.testing.assert_array_equal(sched.consumed(j), np.bincount(source[:j], minlength=len(weights)))
+    np.testing.assert_array_equal(sched.consumed(j),
+                                  np.bincount(source[:j], minlength=len(weights)))
 
 
 def test_period_counts_largest_remainder():
@@ -230,9 +231,11 @@ def _run_config(tmp_path, byte_tokenizer, **overrides):
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"mixture": [{"path": "ALPACA", "format": "alpaca"}, {"path": "PAIRS", "format": "preference"}]},
+    ({"mixture": [{"path": "ALPACA", "format": "alpaca"},
+                  {"path": "PAIRS", "format": "preference"}]},
      "error: data source 'pairs' of data: format 'preference' does not fit objective sft"),
-    ({"mixture": [{"path": "ALPACA", "format": "alpaca"}, {"path": "missing.jsonl", "format": "gsm8k"}]},
+    ({"mixture": [{"path": "ALPACA", "format": "alpaca"},
+                  {"path": "missing.jsonl", "format": "gsm8k"}]},
      "error: data source 'missing': data path missing.jsonl does not exist"),
     ({"path": "ALPACA", "mixture": [{"path": "ALPACA", "format": "alpaca"}]},
      "error: data.mixture names its sources' paths"),
