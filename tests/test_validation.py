@@ -85,6 +85,33 @@ def test_lm_eval_matches_training_loss_tasks_match_eval_and_resume_skips(tmp_pat
     retrained = [r for r in again if "loss" in r][5:]
     assert [r["step"] for r in retrained] == [4, 5]
     assert [r["loss"] for r in retrained] == [train[4]["loss"], train[5]["loss"]]
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["eval/loss"] == evals[5]["eval/loss"]  # the logged evaluation, not rerun
+
+
+@pytest.mark.slow
+def test_eval_on_a_sharded_mesh_equals_one_device(tmp_path, byte_tokenizer, shakespeare_slice):
+    """Held-out loss and an eval task on fsdp-sharded params give one device's numbers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    runner = Path(__file__).with_name("train_runner.py")
+    held = tmp_path / "held.txt"
+    held.write_text((DATA / "tinyshakespeare.txt").read_text()[-1500:])
+    path = write_config(tmp_path, byte_tokenizer, data={"path": str(shakespeare_slice)},
+                        steps=2, checkpoint_every=2, eval_data=str(held), eval_batches=2,
+                        eval_tasks=[{"task": "perplexity", "data": str(held)}])
+    out = {}
+    for name, devices, mesh in (("one", 1, "{data: 1, fsdp: 1, tensor: 1}"),
+                                ("fsdp", 4, "{data: 2, fsdp: 2, tensor: 1}")):
+        result = subprocess.run([sys.executable, str(runner), str(devices), str(path),
+                                 f"run_dir={tmp_path / name}", f"mesh={mesh}"],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        out[name] = [r for r in records(tmp_path / name) if "eval/loss" in r][-1]
+    for key in ("eval/loss", "eval/accuracy", "eval/perplexity/perplexity"):
+        assert out["fsdp"][key] == pytest.approx(out["one"][key], rel=1e-5), key
 
 
 @pytest.mark.slow

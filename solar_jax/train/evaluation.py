@@ -97,10 +97,11 @@ def make_lm_eval(config, *, grad_accum: int, chunk: int):
     return fn
 
 
-def last_evaluated_step(run_dir: Path) -> int:
-    """The last step whose evaluation metrics.jsonl holds (0 if none): a resumed run does
-    not evaluate those steps again. Agreed by every process (process 0 reads the file)."""
-    last = 0
+def last_evaluation(run_dir: Path) -> tuple[int, dict]:
+    """(step, record) of the last evaluation metrics.jsonl holds ((0, {}) if none): a
+    resumed run does not evaluate up to that step again. Every process agrees on the step
+    (process 0 reads the file); the record is process 0's, the one that writes."""
+    last, found = 0, {}
     path = run_dir / "metrics.jsonl"
     if jax.process_index() == 0 and path.is_file():
         for line in path.read_text().splitlines():
@@ -108,12 +109,12 @@ def last_evaluated_step(run_dir: Path) -> int:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
-            if any(k.startswith("eval/") for k in record):
-                last = max(last, int(record.get("step", 0)))
+            if any(k.startswith("eval/") for k in record) and int(record.get("step", 0)) >= last:
+                last, found = int(record.get("step", 0)), record
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         last = int(multihost_utils.broadcast_one_to_all(np.int64(last)))
-    return last
+    return last, found
 
 
 class Evaluator:

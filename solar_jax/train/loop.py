@@ -24,7 +24,7 @@ from solar_jax.train import state as state_lib
 from solar_jax.train.checkpoints import RunCheckpointer
 from solar_jax.train.config import TrainConfig
 from solar_jax.train.eval_config import evaluation_due
-from solar_jax.train.evaluation import Evaluator, build_eval_sets, last_evaluated_step
+from solar_jax.train.evaluation import Evaluator, build_eval_sets, last_evaluation
 from solar_jax.train.metrics import (
     MetricsWriter,
     flops_per_token,
@@ -119,7 +119,7 @@ def train(cfg: TrainConfig) -> dict:
                                  keys=objective.batch_keys, extra=objective.extra_shardings)
     evaluator = Evaluator(cfg, config, tokenizer, objective, eval_sets, shardings,
                           batch_sharding)
-    evaluated = last_evaluated_step(run_dir)  # a resumed run does not evaluate these again
+    evaluated, logged = last_evaluation(run_dir)  # a resumed run does not repeat these
     mixture_notes = getattr(dataset, "notes", None)
     token_shares = getattr(dataset, "token_shares", None)
     per_token = flops_per_token(config, cfg.seq_len)
@@ -129,7 +129,7 @@ def train(cfg: TrainConfig) -> dict:
                            is_main=jax.process_index() == 0)
     stop = _StopFlag()
     record: dict = {}
-    evaluation: dict = {}
+    evaluation: dict = logged if logged.get("step") == cfg.steps else {}
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
