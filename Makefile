@@ -44,3 +44,9 @@ test: $(TESTDEPS)
 
 clean:
 	rm -rf $(VENV) demo_out
+
+# SOLAR's SFT/DPO ablation at CPU scale (configs/paper/): SFT v1, v3, v4, their merge, DPO
+# v1, v2 on it, their merge, and the table (`solar-jax report`); outputs in paper_out/.
+.PHONY: paper
+paper: $(RUNTIME)
+	SJ=$(VENV)/bin/solar-jax PY=$(PY) configs/paper/run.sh

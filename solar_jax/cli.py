@@ -19,8 +19,8 @@ import warnings
 
 from solar_jax import interrupts  # stdlib only: cheap to import before the handlers go in
 
-COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "generate", "chat",
-                   "eval", "ablate", "demo", "report")
+COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "build_instruct",
+                   "generate", "chat", "eval", "ablate", "demo", "report")
 
 
 class Parser(argparse.ArgumentParser):

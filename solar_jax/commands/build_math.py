@@ -1,4 +1,4 @@
-"""solar-jax build-math GSM8K.jsonl OUT_DIR [--seed S] [--limit N] [--overwrite]"""
+"""solar-jax build-math GSM8K.jsonl OUT_DIR [--seed S] [--limit N] [--heldout N] [--overwrite]"""
 
 
 def register(sub) -> None:
@@ -9,6 +9,8 @@ def register(sub) -> None:
                    help="writes sft.jsonl and preference.jsonl here (never over the input)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use the first N records")
+    p.add_argument("--heldout", type=int, default=0,
+                   help="the last N records go to heldout.jsonl (an eval set), not to training")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run, one_output=True)
 
@@ -17,6 +19,7 @@ def run(args) -> None:
     from solar_jax.data.synth_math import build_math_data
 
     counts = build_math_data(args.src, args.out_dir, seed=args.seed, limit=args.limit,
-                             overwrite=args.overwrite)
-    print(f"wrote {counts['sft']} SFT records and {counts['preference']} preference pairs "
+                             heldout=args.heldout, overwrite=args.overwrite)
+    held = f" and {counts['heldout']} held-out records" if "heldout" in counts else ""
+    print(f"wrote {counts['sft']} SFT records, {counts['preference']} preference pairs{held} "
           f"to {args.out_dir}")

@@ -47,6 +47,12 @@ class DataConfig:
     cache_dir:  if set, the token stream is saved there (keyed by a hash of the files' paths,
                 sizes and mtimes, these options and the tokenizer) and memory-mapped on the
                 next run, so restarts and processes on one host skip tokenization.
+    limit / fraction: read only the first `limit` records (documents of a text file, lines
+                of a JSONL file, rows of a Parquet file), or the first ceil(fraction x N) of
+                the N there are: a subset in file order, the same whatever the seed.
+    mixture:    a list of sources, each a mapping of these keys (its own path, format, ...)
+                plus `name` and `weight`; the keys of this section are every source's
+                defaults. Rows are interleaved by weight (solar_jax/data/mixture.py).
     """
 
     path: str | list[str] = ""
@@ -61,6 +67,9 @@ class DataConfig:
     chat_template: str = "solar"
     system_prompt: str | None = None
     truncation: str = "truncate"
+    limit: int | None = None
+    fraction: float | None = None
+    mixture: list[dict[str, Any]] | None = None
 
     def __post_init__(self):
         if isinstance(self.path, tuple):
@@ -81,6 +90,28 @@ class DataConfig:
                 raise SolarError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             raise SolarError(f"data.cache_dir must be a path or null, got {self.cache_dir!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(
+                self.limit, int) or self.limit <= 0):
+            raise SolarError(f"data.limit must be a positive number of records, got {self.limit!r}")
+        if self.fraction is not None and (isinstance(self.fraction, bool) or not isinstance(
+                self.fraction, (int, float)) or not 0 < self.fraction <= 1):
+            raise SolarError(f"data.fraction must be in (0, 1], got {self.fraction!r}")
+        if self.limit is not None and self.fraction is not None:
+            raise SolarError("give data.limit or data.fraction, not both")
+        if self.mixture is not None:
+            if self.path or self.limit is not None or self.fraction is not None:
+                raise SolarError("data.mixture names its sources' paths (and limits): remove "
+                                 "data.path, data.limit and data.fraction beside it")
+            from solar_jax.data.mixture_config import mixture_sources
+            mixture_sources(self)  # every source's keys, weights and names, checked now
+
+    @property
+    def sources(self):
+        """The mixture's sources (MixtureSource: name, weight, data), or None."""
+        if self.mixture is None:
+            return None
+        from solar_jax.data.mixture_config import mixture_sources
+        return mixture_sources(self)
 
     @property
     def paths(self) -> list[str]:
@@ -98,4 +129,10 @@ class DataConfig:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The keys as a mapping; subset/mixture keys only when set, so settings recorded
+        before they existed (the ablation's stored results) still compare equal."""
+        out = dataclasses.asdict(self)
+        for key in ("limit", "fraction", "mixture"):
+            if out[key] is None:
+                del out[key]
+        return out

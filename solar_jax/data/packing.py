@@ -123,3 +123,17 @@ def pack_rows(stream: TokenStream, layout: PackedLayout, rows) -> dict[str, np.n
                          ("loss_weights", weights)):
         out[name].reshape(-1)[slot] = values
     return out
+
+
+def row_loss_tokens(stream: TokenStream, layout: PackedLayout) -> np.ndarray:
+    """[num_rows] int64: the loss weight each packed row carries (what pack_rows would sum),
+    from prefix sums alone, without gathering any row. Piece tokens t in [start, b) with
+    b = min(start + length, doc_end - 1) have a next token; they count where it is a target."""
+    end = np.minimum(layout.start + layout.length, layout.doc_end - 1)
+    if stream.target_mask is None:
+        counts = np.maximum(end - layout.start, 0)
+    else:
+        mask_sum = np.concatenate([[0], np.cumsum(stream.target_mask, dtype=np.int64)])
+        counts = np.where(end > layout.start, mask_sum[np.maximum(end, layout.start) + 1]
+                          - mask_sum[layout.start + 1], 0)
+    return np.add.reduceat(counts.astype(np.int64), layout.row_ptr[:-1])

@@ -24,7 +24,7 @@ import numpy as np
 
 from solar_jax.data.config import DataConfig
 from solar_jax.data.packing import PACKERS, PackedLayout, pack_rows
-from solar_jax.data.sources import expand_paths, iter_documents
+from solar_jax.data.sources import expand_paths, iter_documents, subset_options, take_subset
 from solar_jax.data.tokenize import TokenStream, build_token_stream, corpus_fingerprint
 from solar_jax.errors import SolarError
 
@@ -90,7 +90,9 @@ class PretrainDataset:
         rows = grain.MapDataset.range(self.layout.num_rows)
         if shuffle:  # grain reseeds its shuffle per epoch (seed + epoch) once repeated
             rows = rows.shuffle(seed=int(order_seed))
-        shard = _ProcessShard(rows.repeat(), self.global_batch_size, process_index, process_count)
+        self.row_order = rows.repeat()  # epoch after epoch; a mixture reads this directly
+        shard = _ProcessShard(self.row_order, self.global_batch_size, process_index,
+                              process_count)
         # Batch the row ids, then pack: the gather is vectorized over the whole local batch.
         self._batches = shard.batch(self.local_batch_size, drop_remainder=True).map(
             lambda ids: pack_rows(stream, self.layout, ids))
@@ -179,8 +181,10 @@ def build_pretrain_dataset(cfg: DataConfig, tokenizer, *, seq_len: int, global_b
                          f"process count {process_count}")
     files = expand_paths(cfg.paths)
     options = {k: getattr(cfg, k) for k in ("format", "field", "text_split", "add_bos", "add_eos")}
+    options.update(subset_options(cfg))
     fingerprint = corpus_fingerprint(files, options, tokenizer)
-    texts = iter_documents(files, cfg.format, cfg.field, cfg.text_split)
+    texts = take_subset(lambda: iter_documents(files, cfg.format, cfg.field, cfg.text_split),
+                        cfg.limit, cfg.fraction)
     stream = build_token_stream(texts, tokenizer, add_bos=cfg.add_bos, add_eos=cfg.add_eos,
                                 fingerprint=fingerprint, cache_dir=cfg.cache_dir)
     # A pretraining corpus shorter than one row would be mostly padding, repeated: surely a

@@ -18,7 +18,7 @@ import numpy as np
 from solar_jax.data.chat import ChatEncoder, check_messages, fit_length
 from solar_jax.data.config import DataConfig
 from solar_jax.data.sft import iter_records
-from solar_jax.data.sources import expand_paths
+from solar_jax.data.sources import expand_paths, subset_options, take_subset
 from solar_jax.data.tokenize import corpus_fingerprint
 from solar_jax.errors import SolarError
 
@@ -69,7 +69,7 @@ class PreferenceDataset:
             rows = rows.shuffle(seed=seed)
         rows = rows.repeat()
         offset = process_index * self.local_batch_size
-        self._rows = rows
+        self._rows = self.row_order = rows  # epoch after epoch; a mixture reads row_order
         self._offset = offset
 
     def rows(self, step: int) -> np.ndarray:
@@ -117,7 +117,7 @@ def build_preference_dataset(cfg: DataConfig, tokenizer, *, seq_len: int,
     files = expand_paths(cfg.paths)
     encoder = ChatEncoder(tokenizer, cfg.chat_template, add_bos=cfg.add_bos)
     encoded: dict[str, list] = {f"{s}_{k}": [] for s in SIDES for k in ("ids", "mask")}
-    for where, record in iter_records(files):
+    for where, record in take_subset(lambda: iter_records(files), cfg.limit, cfg.fraction):
         prompt, answers = _messages(where, record, cfg.system_prompt)
         sides = {}
         for side in SIDES:
@@ -141,7 +141,8 @@ def build_preference_dataset(cfg: DataConfig, tokenizer, *, seq_len: int,
             ids[i, :len(x)], mask[i, :len(m)], lengths[i] = x, m, len(x)
         arrays.update({f"{side}_ids": ids, f"{side}_mask": mask, f"{side}_len": lengths})
     options = {"template": cfg.chat_template, "system": cfg.system_prompt,
-               "truncation": cfg.truncation, "seq_len": seq_len, "bos": cfg.add_bos}
+               "truncation": cfg.truncation, "seq_len": seq_len, "bos": cfg.add_bos,
+               **subset_options(cfg)}
     fingerprint = hashlib.sha256(json.dumps(
         [corpus_fingerprint(files, options, tokenizer), seed, cfg.shuffle]).encode()).hexdigest()[:24]
     return PreferenceDataset(arrays, seq_len=seq_len, global_batch_size=global_batch_size,

@@ -11,7 +11,8 @@ import numpy as np
 from solar_jax.data.chat import ChatEncoder, fit_length, record_messages
 from solar_jax.data.config import SFT_FORMATS, DataConfig
 from solar_jax.data.pipeline import PretrainDataset
-from solar_jax.data.sources import expand_paths, iter_jsonl_records, iter_parquet_records
+from solar_jax.data.sources import (expand_paths, iter_jsonl_records, iter_parquet_records,
+                                    subset_options, take_subset)
 from solar_jax.data.tokenize import TokenStream, corpus_fingerprint, token_dtype
 from solar_jax.errors import SolarError
 
@@ -31,7 +32,7 @@ def encode_sft_records(cfg: DataConfig, tokenizer, seq_len: int) -> tuple[TokenS
     files = expand_paths(cfg.paths)
     encoder = ChatEncoder(tokenizer, cfg.chat_template, add_bos=cfg.add_bos)
     ids_parts, mask_parts, lengths, dropped = [], [], [0], 0
-    for where, record in iter_records(files):
+    for where, record in take_subset(lambda: iter_records(files), cfg.limit, cfg.fraction):
         messages = record_messages(where, record, cfg.format, cfg.system_prompt)
         fitted = fit_length(where, *encoder.encode(where, messages), seq_len, cfg.truncation)
         if fitted is None:
@@ -47,7 +48,8 @@ def encode_sft_records(cfg: DataConfig, tokenizer, seq_len: int) -> tuple[TokenS
     tokens = np.fromiter(itertools.chain.from_iterable(ids_parts), dtype, sum(lengths))
     mask = np.fromiter(itertools.chain.from_iterable(mask_parts), bool, sum(lengths))
     options = {"format": cfg.format, "template": cfg.chat_template, "system": cfg.system_prompt,
-               "truncation": cfg.truncation, "seq_len": seq_len, "bos": cfg.add_bos}
+               "truncation": cfg.truncation, "seq_len": seq_len, "bos": cfg.add_bos,
+               **subset_options(cfg)}
     stream = TokenStream(tokens, np.cumsum(np.asarray(lengths, np.int64)), target_mask=mask,
                          fingerprint=corpus_fingerprint(files, options, tokenizer))
     return stream, dropped

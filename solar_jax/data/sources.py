@@ -8,12 +8,14 @@ row), because a pretraining run that dies on record 3,000,000 must say where.
 from __future__ import annotations
 
 import glob
+import itertools
+import math
 import gzip
 import io
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from solar_jax.errors import SolarError
@@ -155,3 +157,21 @@ def iter_documents(files: Sequence[str], format: str, field: str = "text",
             text = _field_text(where, record, field)
             if text.strip():
                 yield text
+
+
+def take_subset(items: Callable[[], Iterator], limit: int | None = None,
+                fraction: float | None = None) -> Iterator:
+    """The first `limit` items of `items()`, or the first ceil(fraction x N) of its N (a
+    counting pass first); everything when both are None. `items` makes a fresh iterator."""
+    if limit is not None:
+        return itertools.islice(items(), limit)
+    if fraction is not None:
+        total = sum(1 for _ in items())
+        return itertools.islice(items(), math.ceil(fraction * total))
+    return items()
+
+
+def subset_options(cfg) -> dict:
+    """The subset keys a token stream depends on (empty when unset, so the fingerprints of
+    runs without a subset stay what they were)."""
+    return {k: getattr(cfg, k) for k in ("limit", "fraction") if getattr(cfg, k) is not None}

@@ -65,22 +65,41 @@ def corrupt_solution(answer: str, rng: np.random.Generator) -> str | None:
 
 
 def build_math_data(src: str | Path, out_dir: str | Path, *, seed: int = 0,
-                    limit: int | None = None, overwrite: bool = False) -> dict[str, int]:
-    """Write out_dir/sft.jsonl (gsm8k format) and out_dir/preference.jsonl."""
+                    limit: int | None = None, heldout: int = 0,
+                    overwrite: bool = False) -> dict[str, int]:
+    """Write out_dir/sft.jsonl (gsm8k format) and out_dir/preference.jsonl; with heldout=N,
+    the last N records of src go to out_dir/heldout.jsonl instead (an eval set)."""
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_file():
         raise SolarError(f"GSM8K file {src} does not exist")
+    if heldout < 0:
+        raise SolarError(f"--heldout must be >= 0, got {heldout}")
     outputs = {"sft": out_dir / "sft.jsonl", "preference": out_dir / "preference.jsonl"}
-    # OUT_DIR is not replaced, only its two files: those must not be the input (OUT_DIR
-    # may well hold the input file beside them).
+    if heldout:
+        outputs["heldout"] = out_dir / "heldout.jsonl"
+    # OUT_DIR is not replaced, only its files: those must not be the input (OUT_DIR may
+    # well hold the input file beside them).
     if overlap(out_dir, src) in ("is", "lies inside"):
         raise SolarError(f"output directory {out_dir} is the input {src}; choose another path")
     for path in outputs.values():
         check_overlap(path, [src], what="output")
     if not overwrite and any(p.exists() for p in outputs.values()):
-        raise SolarError(f"{out_dir} already holds sft.jsonl/preference.jsonl; pass --overwrite")
+        raise SolarError(f"{out_dir} already holds {'/'.join(p.name for p in outputs.values())}; "
+                         f"pass --overwrite")
+    records = iter_jsonl_records(str(src))
+    held: list[dict] = []
+    if heldout:
+        records = list(records)
+        if heldout >= len(records):
+            raise SolarError(f"--heldout {heldout} leaves none of the {len(records)} records of "
+                             f"{src} to train on")
+        for where, record in records[-heldout:]:
+            if not all(isinstance(record.get(k), str) for k in ("question", "answer")):
+                raise SolarError(f"{where}: record has no question/answer text")
+            held.append({"question": record["question"], "answer": record["answer"]})
+        records = records[:-heldout]
     sft, pairs = [], []
-    for i, (where, record) in enumerate(iter_jsonl_records(str(src))):
+    for i, (where, record) in enumerate(records):
         if limit is not None and len(sft) >= limit:
             break
         for key in ("question", "answer"):
@@ -93,8 +112,9 @@ def build_math_data(src: str | Path, out_dir: str | Path, *, seed: int = 0,
                           "rejected": rejected})
     if not sft:
         raise SolarError(f"{src} holds no records")
-    with staged_files([outputs["sft"], outputs["preference"]]) as stages:
-        for stage, rows in zip(stages, (sft, pairs)):
+    written = {"sft": sft, "preference": pairs, **({"heldout": held} if heldout else {})}
+    with staged_files([outputs[name] for name in written]) as stages:  # all commit together
+        for stage, rows in zip(stages, written.values()):
             stage.write_text("".join(json.dumps(r) + "\n" for r in rows))
             interrupts.pause_at("write")
-    return {"sft": len(sft), "preference": len(pairs)}
+    return {name: len(rows) for name, rows in written.items()}

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from solar_jax.config_io import apply_overrides, from_dict, load_yaml, rebase_paths
 from solar_jax.data import DataConfig
 from solar_jax.errors import SolarError
+from solar_jax.train.eval_config import EvalTaskConfig, validate_eval
 from solar_jax.train.preference_losses import uses_reference
 
 
@@ -84,6 +85,11 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     peak_tflops: float | None = None  # per device, for MFU; default from the device kind
+    # Validation during training (train/eval_config.py, docs/training_data.md).
+    eval_data: Any = None  # a path, a list of paths, or a data mapping / mixture
+    eval_every: int = 0  # evaluate every N steps and at the last; 0 = the last step only
+    eval_batches: int | None = None  # batches per held-out source; null = all of it
+    eval_tasks: list[EvalTaskConfig] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         positive = ("seq_len", "batch_size", "grad_accum", "steps", "checkpoint_every",
@@ -113,6 +119,7 @@ class TrainConfig:
             raise SolarError("grad_accum > 1 is not supported with objective dpo")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise SolarError("config keys beta1 and beta2 must be in [0, 1)")
+        validate_eval(self)
 
     def _validate_preference_loss(self) -> None:
         loss = self.dpo.loss

@@ -25,6 +25,8 @@ from solar_jax.tokenizer import run_tokenizer
 from solar_jax.train import state as state_lib
 from solar_jax.train.checkpoints import RunCheckpointer
 from solar_jax.train.config import TrainConfig
+from solar_jax.train.eval_config import evaluation_due
+from solar_jax.train.evaluation import Evaluator, build_eval_sets, last_evaluation
 from solar_jax.train.metrics import (
     MetricsWriter,
     flops_per_token,
@@ -86,6 +88,7 @@ def train(cfg: TrainConfig) -> dict:
         raise SolarError(f"batch_size {cfg.batch_size} is not divisible by the "
                          f"{jax.process_count()} processes")
     dataset = build_dataset(cfg, tokenizer)
+    eval_sets = build_eval_sets(cfg, tokenizer)
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +109,8 @@ def train(cfg: TrainConfig) -> dict:
 
     # Before any restore: a DPO reference is the initial model, never the resumed policy.
     objective = build_objective(cfg, config, dataset, optimizer, schedule, mesh, rules,
-                                state["params"], run_dir)
+                                state["params"], run_dir,
+                                eval_sets=[(s.name or "data", s.dataset) for s in eval_sets])
 
     start = 0
     latest = checkpointer.latest_step()
@@ -120,6 +124,11 @@ def train(cfg: TrainConfig) -> dict:
     batch_sharding = state_lib.batch_sharding(mesh)
     step_fn = compile_train_step(objective.step_fn, shardings, batch_sharding,
                                  keys=objective.batch_keys, extra=objective.extra_shardings)
+    evaluator = Evaluator(cfg, config, tokenizer, objective, eval_sets, shardings,
+                          batch_sharding)
+    evaluated, logged = last_evaluation(run_dir)  # a resumed run does not repeat these
+    mixture_notes = getattr(dataset, "notes", None)
+    token_shares = getattr(dataset, "token_shares", None)
     per_token = flops_per_token(config, cfg.seq_len)
     peak = peak_flops_per_device(cfg.peak_tflops)
     writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard, progress=cfg.progress,
@@ -127,9 +136,13 @@ def train(cfg: TrainConfig) -> dict:
                            is_main=jax.process_index() == 0)
     stop = _StopFlag()
     record: dict = {}
+    evaluation: dict = logged if logged.get("step") == cfg.steps else {}
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
+            if mixture_notes is not None:
+                for note in mixture_notes(step):
+                    writer.note(note)
             local = objective.host_batch(step)
             batch = state_lib.global_batch({k: local[k] for k in objective.batch_keys},
                                            batch_sharding)
@@ -148,8 +161,15 @@ def train(cfg: TrainConfig) -> dict:
                       "tokens_per_sec": tokens_per_sec, "step_time": seconds,
                       "mfu": (per_token * tokens_per_sec / (peak * jax.device_count())
                               if peak else None)}
+            if token_shares is not None:
+                record.update(token_shares(step))
             done = step + 1
             writer.write(record, show=done % cfg.log_every == 0 or done == cfg.steps)
+            # Before the checkpoint: a kill during evaluation resumes before this step and
+            # evaluates it then; an evaluation logged before a kill is not run again.
+            if evaluation_due(cfg, done) and done > evaluated:
+                evaluation = evaluator.run(state, done)
+                writer.write_eval(evaluation)
             stopping = stop.any_process()
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
                 checkpointer.save(done, state, dataset.state(done), run_record, wait=stopping)
@@ -158,7 +178,8 @@ def train(cfg: TrainConfig) -> dict:
                 break
         checkpointer.wait()
         if jax.process_index() == 0 and record.get("step") == cfg.steps:
-            write_text_atomic(run_dir / "final_metrics.json", json.dumps(record, indent=2) + "\n")
+            final = {**record, **{k: v for k, v in evaluation.items() if k != "step"}}
+            write_text_atomic(run_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n")
     finally:
         stop.restore()
         writer.close()

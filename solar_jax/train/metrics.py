@@ -73,6 +73,32 @@ class MetricsWriter:
                 self._bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                       tok_s=f"{record['tokens_per_sec']:.0f}")
 
+    def write_eval(self, record: dict) -> None:
+        """An evaluation's record (its own line: `step` and `eval/...` keys)."""
+        if not self.is_main:
+            return
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+        shown = {"eval_loss": record.get("eval/loss"), "eval_ppl": record.get("eval/perplexity")}
+        shown = {k: f"{v:.4g}" for k, v in shown.items() if v is not None}
+        if self._bar is not None and shown:
+            self._bar.set_postfix(**shown)
+        self.note(f"eval at step {record['step']}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in record.items() if k.startswith("eval/")))
+
+    def note(self, text: str) -> None:
+        """A line in the log (stderr), above the progress bar."""
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -29,26 +29,24 @@ class Objective:
     extra_args: tuple = ()  # device arguments after the batch (a live reference's params)
     extra_shardings: tuple = ()
     host_batch: Callable[[int], dict] | None = None
+    # (held-out dataset, i) -> its host batch i (a DPO eval set's batch gets its reference)
+    eval_batch: Callable[[Any, int], dict] = lambda dataset, i: dataset.batch(i)
 
 
-def build_dataset(cfg: TrainConfig, tokenizer):
-    kwargs = dict(seq_len=cfg.seq_len, global_batch_size=cfg.batch_size, seed=cfg.seed,
-                  process_index=jax.process_index(), process_count=jax.process_count())
-    if cfg.objective == "sft":
-        from solar_jax.data.sft import build_sft_dataset
-        return build_sft_dataset(cfg.data, tokenizer, **kwargs)
-    if cfg.objective == "dpo":
-        from solar_jax.data.preference import build_preference_dataset
-        return build_preference_dataset(cfg.data, tokenizer, **kwargs)
-    from solar_jax.data import build_pretrain_dataset
-    if cfg.data.format not in ("text", "jsonl", "parquet"):
-        raise SolarError(f"objective lm reads data.format text, jsonl or parquet, got "
-                         f"{cfg.data.format!r} (use objective: sft or dpo for it)")
-    return build_pretrain_dataset(cfg.data, tokenizer, **kwargs)
+def build_dataset(cfg: TrainConfig, tokenizer, data=None):
+    """The objective's dataset of `data` (default: cfg.data): one source or a mixture."""
+    from solar_jax.data.builders import build_dataset_for, check_formats
+    data = cfg.data if data is None else data
+    check_formats(cfg.objective, data)
+    return build_dataset_for(cfg.objective, data, tokenizer, seq_len=cfg.seq_len,
+                             global_batch_size=cfg.batch_size, seed=cfg.seed,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count())
 
 
 def build_objective(cfg: TrainConfig, config: ModelConfig, dataset, optimizer, schedule,
-                    mesh, rules, params, run_dir: Path) -> Objective:
+                    mesh, rules, params, run_dir: Path, eval_sets=()) -> Objective:
+    """eval_sets: held-out datasets whose DPO reference log-probs are precomputed too."""
     if cfg.objective in ("lm", "sft"):
         step = make_train_step(config, optimizer, schedule, grad_accum=cfg.grad_accum,
                                chunk=cfg.loss_chunk, z_loss=cfg.z_loss)
@@ -81,22 +79,25 @@ def build_objective(cfg: TrainConfig, config: ModelConfig, dataset, optimizer, s
         return Objective(dataset, keys, step, (frozen,), (shardings,), host_batch=dataset.batch)
 
     table = reference_table(cfg, config, dataset, ref_params, mesh, run_dir)
+    eval_tables = {id(ds): reference_table(cfg, config, ds, ref_params, mesh, run_dir,
+                                           filename=f"eval_{name}_{REFERENCE_FILE}")
+                   for name, ds in eval_sets}
 
-    def host_batch(i: int) -> dict:
-        batch = dataset.batch(i)
-        batch["ref_chosen_logps"] = table[batch["index"], 0]
-        batch["ref_rejected_logps"] = table[batch["index"], 1]
+    def with_reference(batch: dict, logps: np.ndarray) -> dict:
+        batch["ref_chosen_logps"] = logps[batch["index"], 0]
+        batch["ref_rejected_logps"] = logps[batch["index"], 1]
         return batch
 
     return Objective(dataset, (*keys, "ref_chosen_logps", "ref_rejected_logps"), step,
-                     host_batch=host_batch)
+                     host_batch=lambda i: with_reference(dataset.batch(i), table),
+                     eval_batch=lambda ds, i: with_reference(ds.batch(i), eval_tables[id(ds)]))
 
 
 def reference_table(cfg: TrainConfig, config: ModelConfig, dataset, ref_params, mesh,
-                    run_dir: Path) -> np.ndarray:
+                    run_dir: Path, filename: str = REFERENCE_FILE) -> np.ndarray:
     """[num_pairs, 2] summed reference log-probs (chosen, rejected): computed in one pass
     before training and stored with the run, so a resumed run reuses it."""
-    path = run_dir / REFERENCE_FILE
+    path = run_dir / filename
     if path.is_file():
         stored = np.load(path)
         if str(stored["fingerprint"]) == dataset.fingerprint:
