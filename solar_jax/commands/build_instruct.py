@@ -5,9 +5,9 @@ def register(sub) -> None:
     p = sub.add_parser("build-instruct",
                        help="play text -> instruction, speaker and preference sets (Alpaca/"
                             "OpenOrca stand-ins)")
-    p.add_argument("src", nargs="?", default=None,
+    p.add_argument("src", metavar="TEXT", nargs="?", default=None,
                    help="text of `NAME:` speeches (default: the shipped tinyshakespeare)")
-    p.add_argument("out_dir", help="writes alpaca/openorca/preference[_eval].jsonl, heldout.txt")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="writes alpaca/openorca/preference[_eval].jsonl, heldout.txt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heldout-chars", type=int, default=6000,
                    help="the text's tail held out for *_eval.jsonl and heldout.txt")
