@@ -11,7 +11,8 @@ match. Where each value comes from:
   checkpoint's run record (objective, start model, `data.path` or the `data.mixture`
   sources with their weights and limits); `steps` and `train loss` from the last step
   logged in metrics.jsonl (else final_metrics.json / the latest checkpoint's step); the
-  last logged `eval/perplexity` and `eval/gsm8k/exact_match_flexible` (and `eval/gsm8k/n`);
+  last logged `eval/perplexity/perplexity` (the held-out text, an eval task; else
+  `eval/perplexity`) and `eval/gsm8k/exact_match_flexible` (and `eval/gsm8k/n`);
 * a merged or up-scaled model (a model folder with `mergekit_config.yml`, which merge and
   upscale write beside their output): its parents, weights and method from that recipe;
 * any model folder (solar-jax checkpoint or Hugging Face): a row with only its eval numbers;
@@ -138,7 +139,10 @@ def _fill_run(cand: Candidate, path: Path) -> None:
         cand.eval.update({k: v for k, v in record.items()
                           if k.startswith("eval/") and _number(v) is not None})
     ppl_task, gsm8k = _task_label(config, "perplexity"), _task_label(config, "gsm8k")
-    ppl = cand.eval.get("eval/perplexity", cand.eval.get(f"eval/{ppl_task}/perplexity"))
+    # The held-out text's perplexity (an eval task) first: every candidate has it, merges
+    # included (their eval_results files), so the column compares like with like; a run's
+    # `eval/perplexity` is over its own eval_data (an SFT run's held-out answers).
+    ppl = cand.eval.get(f"eval/{ppl_task}/perplexity", cand.eval.get("eval/perplexity"))
     cand.eval_perplexity = _number(ppl)
     cand.gsm8k_exact_match = _number(cand.eval.get(f"eval/{gsm8k}/exact_match_flexible"))
     n = _number(cand.eval.get(f"eval/{gsm8k}/n"))
