@@ -1,11 +1,12 @@
 """solar-jax eval MODEL --task TASK --data FILE [--limit N] [--num-fewshot K]
-[--batch-size B] [--out results.json]"""
+[--batch-size B] [--mesh tensor=N] [--out results.json]"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from solar_jax.commands.generate import add_mesh_arg
 from solar_jax.errors import SolarError
 from solar_jax.eval.tasks import TASKS
 
@@ -28,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None)
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     p.add_argument("--out", default=None, help="write the results JSON (with every question)")
+    add_mesh_arg(p)
     p.set_defaults(func=run)
 
 
@@ -40,7 +42,7 @@ def run(args) -> None:
     task_spec(args.task)  # an unknown task fails before the model loads
     if not Path(args.data).is_file():
         raise SolarError(f"data file {args.data} does not exist")
-    model = load_model(args.model, args.dtype)
+    model = load_model(args.model, args.dtype, mesh=args.mesh)
     model.tokenizer = load_tokenizer(args.tokenizer or args.model)
     results = evaluate(model, args.task, args.data, limit=args.limit,
                        num_fewshot=args.num_fewshot, fewshot_data=args.fewshot_data,
