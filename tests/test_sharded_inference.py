@@ -69,6 +69,20 @@ SCRIPT = textwrap.dedent("""
         assert cache_spec[2] == "tensor", (spec, cache_spec)  # kv heads split, not gathered
         print(spec, "ok", err)
 
+    # The same programs from shapes alone (solar_jax.programs, for `solar-jax compile`).
+    from solar_jax.programs import eval_program, generate_programs
+    mesh = as_mesh("fsdp=2,tensor=4")
+    sharded = solar_jax.load_model(path, mesh=mesh)
+    for program in [eval_program(config, mesh, batch_size=4, width=32),
+                    *generate_programs(config, mesh, batch_size=2, prompt_len=20,
+                                       max_new_tokens=8, chunk=4)]:
+        compiled = program.lower().compile()
+        got = compiled.input_shardings[0][0]["layers"]["attn"]["q_proj"]["kernel"]
+        want = sharded.params["layers"]["attn"]["q_proj"]["kernel"].sharding
+        assert got.is_equivalent_to(want, 4), (program.name, got, want)
+        assert compiled.memory_analysis().argument_size_in_bytes > 0
+        print(program.name, "compiled")
+
     # SOLAR-10.7B at tensor=8, from shapes alone: what each chip holds, in bf16.
     solar = solar_jax.ModelConfig.from_preset("solar-10.7b")
     shardings = leaf_shardings(solar, as_mesh("tensor=8"))
@@ -88,6 +102,7 @@ def test_sharded_model_matches_single_device(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count(" ok ") == 3, result.stdout
     assert "solar per chip" in result.stdout
+    assert result.stdout.count(" compiled") == 3, result.stdout
 
 
 def test_mesh_spec_parses_like_the_train_config():
