@@ -2,7 +2,8 @@
 
 No TPU needed (libtpu's deviceless compile, solar_jax.kernels.aot). For each generation
 and each candidate BlockSizes, at one chip's share of the SOLAR-10.7B pretrain step
-(batch 1 x 4096 packed tokens, 32 query / 8 kv heads of 128, bf16, causal, segment ids),
+(batch 1 x 4096 packed tokens, bf16, causal, segment ids, head_dim 128, GQA 4: 8 query
+/ 2 kv heads, a quarter of its 32 / 8; every figure below scales with the head count),
 the forward+backward is compiled and we print:
 
 * whether Mosaic compiles it (VMEM bounds the tiles);
@@ -10,13 +11,16 @@ the forward+backward is compiled and we print:
   kernels is built from their CostEstimate (solar_jax/kernels/cost.py: exact FLOPs of the
   visible tile pairs, so the causal diagonal's waste grows with the tile, and HBM bytes,
   which fall with the tile as K/V and Q/dO are re-read less often);
-* the kernels' cycles in the compiler's static LLO profile
+* (--llo) the kernels' cycles in the compiler's static LLO profile
   (`--xla_jf_dump_static_llo_profile_to`). It does not count the bodies under `pl.when`
   (it falls ~4x per doubling of both tiles, like the grid step count), so it is read as the
   per-grid-step overhead: the DMA issue and bookkeeping that larger tiles amortize;
 * estimate = optimal_seconds + static cycles / clock: the sum of the two.
 
-    JAX_PLATFORMS=cpu python benchmarks/kernel_blocks.py [v5e v5p v6e v4] [1024x2048 ...]
+    python benchmarks/kernel_blocks.py [--llo] [v5e v5p v6e v4] [1024x2048 ...]
+
+--llo adds the static LLO profile; libtpu 0.0.42 aborts it on v5e and v6e ("Unsupported
+DMA direction ... on VL/VLP"), so use it for v5p and v4 only.
 
 Timings of the compile itself depend on the machine's load and are printed only as a
 guide. The chosen presets live in solar_jax/kernels/blocks.py; results in RESULTS.md.
@@ -31,10 +35,12 @@ import sys
 import tempfile
 
 PROFILE_DIR = tempfile.mkdtemp(prefix="llo-profile-")
+LLO = "--llo" in sys.argv  # libtpu 0.0.42 aborts the static profile on v5e/v6e (VL DMAs)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # libtpu's lock: others may compile
-os.environ["LIBTPU_INIT_ARGS"] = (os.environ.get("LIBTPU_INIT_ARGS", "")
-                                  + f" --xla_jf_dump_static_llo_profile_to={PROFILE_DIR}")
+if LLO:
+    os.environ["LIBTPU_INIT_ARGS"] = (os.environ.get("LIBTPU_INIT_ARGS", "")
+                                      + f" --xla_jf_dump_static_llo_profile_to={PROFILE_DIR}")
 
 from solar_jax.kernels import aot  # noqa: E402  (after the environment is set)
 
@@ -53,6 +59,7 @@ def static_cycles() -> int:
 
 
 def main(argv: list[str]) -> None:
+    argv = [a for a in argv if a != "--llo"]
     targets = [a for a in argv if "x" not in a] or ["v5e", "v5p", "v6e"]
     only = [tuple(map(int, a.split("x"))) for a in argv if "x" in a]  # e.g. 1024x2048
     for target in targets:
@@ -63,14 +70,14 @@ def main(argv: list[str]) -> None:
         for bq, bk in only or CANDIDATES:
             for path in glob.glob(os.path.join(PROFILE_DIR, "*")):
                 os.remove(path)
-            case = aot.Case(f"{bq}x{bk}", head_dim=128, heads=32, kv_heads=8, seq=4096,
+            case = aot.Case(f"{bq}x{bk}", head_dim=128, heads=8, kv_heads=2, seq=4096,
                             segments=True, blocks=(bq, bk, bq, bk, bq, bk))
             out = aot.compile_case(case, devices)
             if not out["ok"]:
                 reason = out["error"].splitlines()[0][:90]
                 print(f"{bq:>7}, {bk:<7} {'no':>9}  {reason}")
                 continue
-            cycles = static_cycles()
+            cycles = static_cycles() if LLO else 0
             optimal = out["cost"].get("optimal_seconds", float("nan"))
             estimate = optimal + cycles / (CLOCK_GHZ[target] * 1e9)
             flops = out["cost"].get("flops", 0) / 1e9

@@ -48,7 +48,8 @@ def _spec(mesh, rules, axes, shape):
 
 
 def _abstract(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
+    dtype = jnp.dtype(dtype) if isinstance(dtype, str) else dtype  # keep PRNG key dtypes
+    return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
 
 
 def sharded_params(config, mesh: Mesh, rules=None) -> Any:
