@@ -1,8 +1,8 @@
 """Tile sizes of the TPU flash attention kernels, per generation, from the compiler alone.
 
 No TPU needed (libtpu's deviceless compile, solar_jax.kernels.aot). For each generation
-and each candidate BlockSizes, at one chip's share of the SOLAR-10.7B pretrain step
-(batch 1 x 4096 packed tokens, bf16, causal, segment ids, head_dim 128, GQA 4: 8 query
+and each candidate BlockSizes, at the attention shape of the SOLAR-10.7B pretrain step
+(per sequence: 4096 packed tokens, bf16, causal, segment ids, head_dim 128, GQA 4: 8 query
 / 2 kv heads, a quarter of its 32 / 8; every figure below scales with the head count),
 the forward+backward is compiled and we print:
 
@@ -13,9 +13,9 @@ the forward+backward is compiled and we print:
   which fall with the tile as K/V and Q/dO are re-read less often);
 * (--llo) the kernels' cycles in the compiler's static LLO profile
   (`--xla_jf_dump_static_llo_profile_to`). It does not count the bodies under `pl.when`
-  (it falls ~4x per doubling of both tiles, like the grid step count), so it is read as the
+  (it falls ~3x per doubling of both tiles, like the grid step count), so it is read as the
   per-grid-step overhead: the DMA issue and bookkeeping that larger tiles amortize;
-* estimate = optimal_seconds + static cycles / clock: the sum of the two.
+* estimate = optimal_seconds + static cycles / clock: the sum of the two (with --llo).
 
     python benchmarks/kernel_blocks.py [--llo] [v5e v5p v6e v4] [1024x2048 ...]
 

@@ -31,7 +31,7 @@ CASES = [
     Case("gqa3_d128_window_ragged", head_dim=128, heads=6, kv_heads=2, seq=1800, window=512),
     Case("gqa4_d64_segments_window", head_dim=64, heads=8, kv_heads=2, seq=2048,
          segments=True, window=700, batch=2),
-    Case("gqa8_d64_ragged", head_dim=64, heads=16, kv_heads=2, seq=1000),
+    Case("gqa8_d64_ragged", head_dim=64, heads=16, kv_heads=2, seq=2500),
     Case("mqa_d128_bidirectional_segments_ragged", head_dim=128, heads=4, kv_heads=1,
          seq=1800, segments=True, causal=False),
 ]

@@ -73,15 +73,17 @@ class BlockSizes:
                                      f"{TPU_LANES}")
 
 
-# Per TPU generation (solar_jax.platform.TPU_GENERATIONS). Chosen from what Mosaic
-# compiles and from the compiler's estimates at the SOLAR shape (benchmarks/kernel_blocks.py,
-# benchmarks/RESULTS.md): larger tiles cut the per-grid-step overhead and the K/V (Q/dO)
-# re-reads, smaller ones waste less of the causal diagonal; VMEM bounds them.
+# Per TPU generation (solar_jax.platform.TPU_GENERATIONS), chosen from the compiler alone
+# (benchmarks/kernel_blocks.py, benchmarks/RESULTS.md "Flash attention tiles"): at the SOLAR
+# shape, 1024 x 1024 has the lowest estimate on v5e, v5p and v6e: XLA's roofline over the
+# kernels' cost estimates (which favours small tiles: less causal-diagonal waste) plus the
+# per-grid-step overhead of the static LLO profile (which favours large ones), and 26% less
+# HBM traffic than 512 x 512. 2048 x 2048 overflows v5e's scoped VMEM. v4 is unmeasured.
 TPU_PRESETS: dict[str, BlockSizes] = {
     "v4": BlockSizes(512, 512, 512, 512, 512, 512),
-    "v5e": BlockSizes(512, 512, 512, 512, 512, 512),
-    "v5p": BlockSizes(512, 1024, 512, 1024, 512, 1024),
-    "v6e": BlockSizes(512, 1024, 512, 1024, 512, 1024),
+    "v5e": BlockSizes(1024, 1024, 1024, 1024, 1024, 1024),
+    "v5p": BlockSizes(1024, 1024, 1024, 1024, 1024, 1024),
+    "v6e": BlockSizes(1024, 1024, 1024, 1024, 1024, 1024),
 }
 TPU_DEFAULT = BlockSizes(512, 512, 512, 512, 512, 512)
 
