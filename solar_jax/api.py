@@ -18,21 +18,35 @@ from solar_jax.model.transformer import Model
 
 
 def load_model(path: str | Path, dtype: str | None = None, *, compute_dtype: str | None = None,
-               attention_impl: str | None = None, remat: str | None = None) -> Model:
+               attention_impl: str | None = None, remat: str | None = None,
+               mesh=None, rules=None) -> Model:
     """Load an HF folder, a solar-jax checkpoint or a .gguf file into a `Model`.
 
     dtype: parameter dtype (fp32/bf16/fp16); default keeps the checkpoint's own (GGUF
     quantized tensors come out fp32). compute_dtype defaults to the parameter dtype.
+    mesh: a `jax.sharding.Mesh`, a shape ({"tensor": 8}) or a spec ("fsdp=2,tensor=4"):
+    each weight is placed on it by the logical-axis `rules` (default
+    `solar_jax.sharding.DEFAULT_RULES`: heads, mlp and vocab over "tensor") as it is read,
+    so no device holds the whole model; eval and generation then run sharded
+    (solar_jax/placement.py).
     """
+    from solar_jax import placement
+    from solar_jax.checkpoint import hf_names
+
+    mesh = placement.as_mesh(mesh)  # a bad mesh fails before anything is read
     source = open_source(path)
     param_dtype = canonical_dtype(dtype) if dtype else None
+    shardings = placement.leaf_shardings(source.config, mesh, rules) if mesh else None
     params: dict = {}
-    from solar_jax.checkpoint import hf_names
     for leaf in source.leaf_paths():
         array = source.read_leaf(leaf)
         if param_dtype:
             array = array.astype(numpy_dtype(param_dtype), copy=False)
-        hf_names.set_leaf(params, leaf, jnp.asarray(array))
+        if shardings is None:
+            value = jnp.asarray(array)
+        else:
+            value = placement.place(array, hf_names.get_leaf(shardings, leaf))
+        hf_names.set_leaf(params, leaf, value)
         del array
     stored = str(hf_names.get_leaf(params, ("embed", "embedding")).dtype)
     config = source.config.replace(
@@ -41,6 +55,7 @@ def load_model(path: str | Path, dtype: str | None = None, *, compute_dtype: str
         **({"remat": remat} if remat else {}))
     model = Model(config, params)
     model.source = Path(path)
+    model.mesh = mesh
     return model
 
 

@@ -1,11 +1,12 @@
 """solar-jax eval MODEL --task TASK --data FILE [--limit N] [--num-fewshot K]
-[--batch-size B] [--out results.json]"""
+[--batch-size B] [--mesh tensor=N] [--out results.json]"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from solar_jax.commands.generate import add_mesh_arg
 from solar_jax.destination import check_overlap, write_text_atomic
 from solar_jax.errors import SolarError
 from solar_jax.eval.tasks import TASKS
@@ -33,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     p.add_argument("--out", default=None,
                    help="write the results JSON (with every question); never an input")
+    add_mesh_arg(p)
     p.set_defaults(func=run, one_output=True)
 
 
@@ -51,7 +53,7 @@ def run(args) -> None:
                       what="--out")
         if Path(args.out).is_dir():
             raise SolarError(f"--out {args.out} is a directory; give a file name")
-    model = load_model(args.model, args.dtype)
+    model = load_model(args.model, args.dtype, mesh=args.mesh)
     model.tokenizer = load_tokenizer(args.tokenizer or args.model)
     results = evaluate(model, args.task, args.data, limit=args.limit,
                        num_fewshot=args.num_fewshot, fewshot_data=args.fewshot_data,

@@ -27,6 +27,14 @@ def add_model_args(p) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                    help="parameter/compute dtype (default: the checkpoint's)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    add_mesh_arg(p)
+
+
+def add_mesh_arg(p) -> None:
+    p.add_argument("--mesh", default=None, metavar="AXIS=N[,AXIS=N]",
+                   help="shard the weights over all devices, e.g. tensor=8 or "
+                        "fsdp=2,tensor=4: the train config's mesh axes, unnamed ones 1, "
+                        "one may be -1 (default: one device)")
 
 
 def load(args):
@@ -34,7 +42,7 @@ def load(args):
     from solar_jax.api import load_model
     from solar_jax.tokenizer import load_tokenizer
 
-    model = load_model(args.model, args.dtype)
+    model = load_model(args.model, args.dtype, mesh=args.mesh)
     model.tokenizer = load_tokenizer(args.tokenizer or args.model)
     return model, model.tokenizer
 

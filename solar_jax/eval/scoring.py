@@ -41,6 +41,7 @@ from solar_jax.errors import SolarError
 from solar_jax.eval.packing import MAX_PACKED_TOKENS, Doc, score_docs, token_logprobs
 from solar_jax.generate.engine import bucket
 from solar_jax.model.transformer import bind
+from solar_jax.placement import model_scope
 
 MAX_BATCH_TOKENS = 16384  # tokens per forward: bounds activations and [tokens, vocab] logits
 MIN_WASTED_TOKENS = 4096  # padding worth a compile of its own (see _rows_for)
@@ -136,8 +137,9 @@ class Scorer:
             else:
                 singles.append(i)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        self._plain(requests, sorted(singles), results)
-        self._packed(requests, list(groups.values()), results)
+        with model_scope(self.model):  # a sharded model's programs trace with its mesh
+            self._plain(requests, sorted(singles), results)
+            self._packed(requests, list(groups.values()), results)
         return results
 
     def _done(self, n: int) -> None:

@@ -44,6 +44,7 @@ from solar_jax.errors import SolarError
 from solar_jax.generate.sampling import Sampler
 from solar_jax.model.llama import KVCache
 from solar_jax.model.transformer import bind, bind_block
+from solar_jax.placement import model_scope
 
 
 class DecodeState(NamedTuple):
@@ -110,13 +111,34 @@ def layer_views(params) -> tuple[dict, ...] | None:
     return views
 
 
+# Logical axes of the KV cache's leaves, for a sharded model (solar_jax.placement).
+CACHE_AXES = KVCache(k=("layers", "batch", "kv_heads", "head_dim", "seq"),
+                     v=("layers", "batch", "kv_heads", "seq", "head_dim"),
+                     segment_ids=("batch", "seq"), positions=("batch", "seq"))
+
+
+def _constrain(cache: KVCache) -> KVCache:
+    """Under a mesh in context, lay the cache out like the params: kv heads over "tensor",
+    rows over the batch axes (each dropped where it does not divide), so a sharded model's
+    cache is split from its creation and never gathered."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return cache
+    from solar_jax.sharding import logical_to_spec
+
+    def constrain(x, axes):
+        spec = logical_to_spec(axes, None, mesh, x.shape)
+        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+    return KVCache(*(constrain(x, axes) for x, axes in zip(cache, CACHE_AXES)))
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _prefill(config: ModelConfig, sampler: Sampler, cache_len: int, per_layer: bool, params,
              input_ids, lengths, key, end_ids):
     """A fresh cache of cache_len slots, filled with the prompts. per_layer: hand the decode
     loop the cache as one buffer per layer (see layer_views)."""
     batch, width = input_ids.shape
-    cache = KVCache.init(config, batch, cache_len)
+    cache = _constrain(KVCache.init(config, batch, cache_len))
     pad = width - lengths                                   # left padding per row
     slots = jnp.arange(width, dtype=jnp.int32)[None, :]
     segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
@@ -193,19 +215,24 @@ class Decoder:
         self._done = np.zeros(len(prompts), bool)
 
     def start(self) -> np.ndarray:
-        self.state, first = _prefill(self.model.config, self.sampler, self._cache_len,
-                                     self._layers is not None, self.model.params,
-                                     jnp.asarray(self._ids), jnp.asarray(self._lengths),
-                                     self._key, self.end_ids)
+        with model_scope(self.model):  # a sharded model's programs trace with its mesh
+            self.state, first = self._prefill()
         self.generated = 1
         self._done = np.asarray(self.state.done)
         return np.asarray(first)[:, None]
 
+    def _prefill(self):
+        return _prefill(self.model.config, self.sampler, self._cache_len,
+                        self._layers is not None, self.model.params,
+                        jnp.asarray(self._ids), jnp.asarray(self._lengths),
+                        self._key, self.end_ids)
+
     def next(self) -> np.ndarray:
         steps = jnp.int32(self.max_new_tokens - self.generated)
-        self.state, out, n = _decode(self.model.config, self.sampler, self.chunk,
-                                     self.model.params, self._layers, self.state, steps,
-                                     self.end_ids, self.pad_id)
+        with model_scope(self.model):
+            self.state, out, n = _decode(self.model.config, self.sampler, self.chunk,
+                                         self.model.params, self._layers, self.state, steps,
+                                         self.end_ids, self.pad_id)
         n = int(n)
         self.generated += n
         self._done = np.asarray(self.state.done)

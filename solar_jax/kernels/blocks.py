@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
-
 from solar_jax.errors import SolarError
 
 # TPU vregs are (8 sublanes x 128 lanes) of 32-bit words. Key tiles sit on the lane axis of
@@ -75,15 +73,17 @@ class BlockSizes:
                                      f"{TPU_LANES}")
 
 
-# Starting points per TPU generation, keyed by a substring of `device_kind`. Larger tiles
-# amortize the ~0.35us per-grid-step overhead; VMEM bounds them (v5e has the least).
-# Adapted from the ranges MaxText uses for splash attention; retune per model.
+# Per TPU generation (solar_jax.platform.TPU_GENERATIONS), chosen from the compiler alone
+# (benchmarks/kernel_blocks.py, benchmarks/RESULTS.md "Flash attention tiles"): at the SOLAR
+# shape, 1024 x 1024 has the lowest estimate on v5e, v5p and v6e: XLA's roofline over the
+# kernels' cost estimates (which favours small tiles: less causal-diagonal waste) plus the
+# per-grid-step overhead of the static LLO profile (which favours large ones), and 26% less
+# HBM traffic than 512 x 512. 2048 x 2048 overflows v5e's scoped VMEM. v4 is unmeasured.
 TPU_PRESETS: dict[str, BlockSizes] = {
     "v4": BlockSizes(512, 512, 512, 512, 512, 512),
-    "v5 lite": BlockSizes(512, 512, 512, 512, 512, 512),
-    "v5e": BlockSizes(512, 512, 512, 512, 512, 512),
-    "v5p": BlockSizes(512, 1024, 512, 512, 512, 1024),
-    "v6": BlockSizes(512, 1024, 512, 1024, 512, 1024),
+    "v5e": BlockSizes(1024, 1024, 1024, 1024, 1024, 1024),
+    "v5p": BlockSizes(1024, 1024, 1024, 1024, 1024, 1024),
+    "v6e": BlockSizes(1024, 1024, 1024, 1024, 1024, 1024),
 }
 TPU_DEFAULT = BlockSizes(512, 512, 512, 512, 512, 512)
 
@@ -97,12 +97,10 @@ INTERPRET_DEFAULT = BlockSizes(32, 32, 32, 32, 32, 32)
 
 
 def default_block_sizes(backend: str, *, interpret: bool) -> BlockSizes:
+    """The preset for the target device (the mesh in context's, else the default one)."""
     if interpret:
         return INTERPRET_DEFAULT
     if backend == "gpu":
         return GPU_DEFAULT
-    kind = jax.devices()[0].device_kind.lower()
-    for key, sizes in TPU_PRESETS.items():
-        if key in kind:
-            return sizes
-    return TPU_DEFAULT
+    from solar_jax.platform import target
+    return TPU_PRESETS.get(target().tpu_generation, TPU_DEFAULT)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from solar_jax.errors import SolarError
 from solar_jax.kernels.blocks import BlockSizes, TPU_LANES, default_block_sizes
 from solar_jax.kernels.masking import MaskInputs
+from solar_jax.platform import target
 
 BACKENDS = ("gpu", "tpu")
 
@@ -73,9 +74,10 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def resolve_backend(backend: str | None, interpret: bool | None) -> tuple[str, bool]:
-    """Default: the kernels for this platform; on CPU the GPU kernels, interpreted (the TPU
+    """Default: the kernels for the target platform (the mesh in context's, else the
+    default device's: solar_jax.platform); on CPU the GPU kernels, interpreted (the TPU
     interpreter simulates DMAs and semaphores and is much slower)."""
-    platform = jax.default_backend()
+    platform = target().platform
     if backend is None:
         backend = "tpu" if platform == "tpu" else "gpu"
     if backend not in BACKENDS:

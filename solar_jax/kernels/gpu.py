@@ -32,7 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from solar_jax.kernels import masking
+from solar_jax.kernels import cost, masking
 from solar_jax.kernels.masking import DEAD_ROW_THRESHOLD, MASK_VALUE, NUM_STATS
 
 LOG2E = math.log2(math.e)
@@ -149,7 +149,14 @@ def forward(q, k, v, meta, cfg):
         compiler_params=_compiler_params(bs, d, bq * bk),
         interpret=cfg.interpret,
         name="solar_flash_fwd",
+        cost_estimate=_cost("fwd", cfg, q, k, bq, bk),
     )(q_stats, k_stats, ranges, q, k, v, meta.q_pos, meta.kv_pos, *seg_args)
+
+
+def _cost(kernel, cfg, q, k, bq, bk):
+    b, _, h, d = q.shape
+    return cost.estimate(kernel, cfg, batch=b, heads=h, kv_heads=k.shape[2], head_dim=d,
+                         itemsize=q.dtype.itemsize, block_q=bq, block_kv=bk)
 
 
 def _compiler_params(bs, head_dim, tile_elems):
@@ -252,6 +259,7 @@ def backward(q, k, v, meta, o, lse, do, cfg):
         compiler_params=_compiler_params(bs, d, bq * bk),
         interpret=cfg.interpret,
         name="solar_flash_bwd_dq",
+        cost_estimate=_cost("dq", cfg, q, k, bq, bk),
     )(*meta.tiles(cfg, bq, bk, over="kv"), q, k, v, do, lse, delta, meta.q_pos, meta.kv_pos,
       *seg)
 
@@ -273,6 +281,7 @@ def backward(q, k, v, meta, o, lse, do, cfg):
         compiler_params=_compiler_params(bs, d, bq * bk),
         interpret=cfg.interpret,
         name="solar_flash_bwd_dkv",
+        cost_estimate=_cost("dkv", cfg, q, k, bq, bk),
     )(*meta.tiles(cfg, bq, bk, over="q"), q, k, v, do, lse, delta, meta.q_pos, meta.kv_pos,
       *seg)
     return dq, dk, dv

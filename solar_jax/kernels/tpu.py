@@ -28,7 +28,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from solar_jax.kernels import masking
+from solar_jax.kernels import cost, masking
 from solar_jax.kernels.masking import DEAD_ROW_THRESHOLD, MASK_VALUE, NUM_STATS
 
 LANES = 128
@@ -98,7 +98,7 @@ def _query_major_specs(bq, bk, d, group, nq):
     )
 
 
-def _call(kernel, cfg, grid, in_specs, out_specs, out_shape, scratch, name):
+def _call(kernel, cfg, grid, in_specs, out_specs, out_shape, scratch, name, cost):
     return pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
@@ -109,7 +109,14 @@ def _call(kernel, cfg, grid, in_specs, out_specs, out_shape, scratch, name):
             dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
         interpret=pltpu.InterpretParams() if cfg.interpret else False,
         name=name,
+        cost_estimate=cost,
     )
+
+
+def _cost(kernel, cfg, q, k, bq, bk):
+    b, h, _, d = q.shape
+    return cost.estimate(kernel, cfg, batch=b, heads=h, kv_heads=k.shape[1], head_dim=d,
+                         itemsize=q.dtype.itemsize, block_q=bq, block_kv=bk)
 
 
 def _split(refs, segmented, n_out):
@@ -189,7 +196,7 @@ def forward(q, k, v, meta, cfg):
          jax.ShapeDtypeStruct((b, h, 1, sq), jnp.float32)],
         [pltpu.VMEM((bq, LANES), jnp.float32), pltpu.VMEM((bq, LANES), jnp.float32),
          pltpu.VMEM((bq, d), jnp.float32)],
-        "solar_flash_fwd")
+        "solar_flash_fwd", _cost("fwd", cfg, q, k, bq, bk))
     return call(*meta.tiles(cfg, bq, bk, over="kv"), q, k, v, _columns(meta.q_pos),
                 _rows(meta.kv_pos), *seg_args)
 
@@ -297,7 +304,7 @@ def backward(q, k, v, meta, o, lse, do, cfg):
         functools.partial(_dq_kernel, cfg=cfg, nq=nq, nk=nk), cfg, (b, h, nq, nk),
         [q_spec, kv_spec, kv_spec, q_spec, q_vec, q_vec, q_col, k_row, *seg_specs],
         q_spec, jax.ShapeDtypeStruct(q.shape, q.dtype), [pltpu.VMEM((bq, d), jnp.float32)],
-        "solar_flash_bwd_dq",
+        "solar_flash_bwd_dq", _cost("dq", cfg, q, k, bq, bk),
     )(*meta.tiles(cfg, bq, bk, over="kv"), q, k, v, do, lse, delta, q_cols, k_rows, *seg_args)
 
     bq, bk = bs.block_q_dkv, bs.block_kv_dkv
@@ -324,6 +331,6 @@ def backward(q, k, v, meta, o, lse, do, cfg):
         [kv_spec, kv_spec],
         [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         [pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)],
-        "solar_flash_bwd_dkv",
+        "solar_flash_bwd_dkv", _cost("dkv", cfg, q, k, bq, bk),
     )(*meta.tiles(cfg, bq, bk, over="q"), q, k, v, do, lse, delta, q_rows, k_cols, *seg_args)
     return dq, dk, dv

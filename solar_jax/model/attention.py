@@ -57,7 +57,10 @@ def available_attention_impls() -> list[str]:
 
 def resolve_impl(impl: str) -> str:
     if impl == "auto":
-        platform = jax.default_backend()
+        # The platform the program is for (the mesh in context), which differs from the
+        # host's when compiling ahead of time for an absent TPU.
+        from solar_jax.platform import target
+        platform = target().platform
         return next(n for n in _AUTO_ORDER.get(platform, ["xla"]) if n in _IMPLS)
     if impl not in _IMPLS:
         raise SolarError(f"unknown attention implementation {impl!r}; "
@@ -250,7 +253,8 @@ def pallas_attention(q, k, v, **kwargs):
 
 register_attention("xla", xla_attention)
 register_attention("cudnn", cudnn_attention)
-# Not yet in "auto": the kernels are verified in the Pallas interpreter and lower for H100
-# and TPU v5e, but have not run on hardware. Select them with impl="pallas" /
-# attention_impl: pallas until benchmarks/RESULTS.md holds measured numbers.
-register_attention("pallas", pallas_attention)
+# "auto" on TPU: the kernels are verified in the Pallas interpreter, compile with Mosaic
+# for v5e, v5p and v6e (tests/test_kernels_aot.py) and keep the SOLAR pretrain step in HBM
+# where the XLA math does not (issue 16). On GPU "auto" stays "xla" until a GPU run of
+# benchmarks/attention.py measures the Triton kernels (docs/attention.md).
+register_attention("pallas", pallas_attention, auto_for=("tpu",))

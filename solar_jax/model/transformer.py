@@ -85,6 +85,7 @@ class Model:
         self.params = params
         self.tokenizer = tokenizer
         self.source = None  # where it was loaded from (tokenizer files are copied from there)
+        self.mesh = None  # the mesh its params are placed on (load_model(mesh=...)), if any
         self._forward = jax.jit(functools.partial(forward, config))
 
     def __call__(self, input_ids, segment_ids=None, positions=None):
@@ -95,7 +96,9 @@ class Model:
             segment_ids = jnp.asarray(segment_ids, dtype=jnp.int32).reshape(input_ids.shape)
         if positions is not None:
             positions = jnp.asarray(positions, dtype=jnp.int32).reshape(input_ids.shape)
-        return self._forward(self.params, input_ids, segment_ids, positions)
+        from solar_jax.placement import model_scope
+        with model_scope(self):
+            return self._forward(self.params, input_ids, segment_ids, positions)
 
     def generate(self, prompts, max_new_tokens: int = 128, *, chat: bool = False,
                  system: str | None = None, **kwargs):
