@@ -36,18 +36,23 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+# Keys of a mapping whose values are paths (or lists/mappings holding paths).
+PATH_FIELDS = ("path", "cache_dir", "mixture", "data", "fewshot_data")
+
+
 def rebase_paths(data: dict, config_path: str | Path, keys, names=()) -> dict:
     """Make the relative paths under the dotted `keys` of `data` (read from `config_path`)
     relative to the config file's directory. A value may be a string, a list of strings or
-    a data mapping (its `path` and `cache_dir`). URLs, absolute paths and `names` (preset
-    or alias names, unless such a file exists beside the config) are left as they are."""
+    a mapping: a data section (its `path`, `cache_dir` and `mixture` sources) or an eval
+    task (its `data` and `fewshot_data`). URLs, absolute paths and `names` (preset or alias
+    names, unless such a file exists beside the config) are left as they are."""
     base = os.path.dirname(os.path.abspath(config_path))
 
     def rebase(value):
         if isinstance(value, list):
             return [rebase(v) for v in value]
         if isinstance(value, dict):
-            return {k: rebase(v) if k in ("path", "cache_dir") else v for k, v in value.items()}
+            return {k: rebase(v) if k in PATH_FIELDS else v for k, v in value.items()}
         if not isinstance(value, str) or not value or "://" in value:
             return value
         expanded = os.path.expanduser(value)

@@ -99,17 +99,23 @@ def test_paper_configs_validate_and_their_data_builds(instruct, smol_dir, monkey
     from solar_jax.train import load_train_config
     from solar_jax.train.eval_config import eval_data_config
 
+    import shutil
     out, _ = instruct
-    root = out.parent.parent.parent  # the directory holding paper_out/
+    root = out.parent.parent.parent  # the directory holding paper_out/, as the repo root does
     build_math_data(DATA / "gsm8k_train.jsonl", root / "paper_out" / "data" / "math",
                     limit=256, heldout=24)
-    monkeypatch.chdir(root)
+    # The run configs' paths are relative to the config file (../../paper_out): a copy of
+    # configs/paper/ under `root` reads `root`'s paper_out/, from any working directory.
+    paper = root / "configs" / "paper"
+    if not paper.exists():
+        shutil.copytree(PAPER, paper)
+    monkeypatch.chdir(root.parent)
     tok = load_tokenizer(smol_dir)
-    names = sorted(p.stem for p in PAPER.glob("*.yaml") if not p.stem.startswith("merge"))
+    names = sorted(p.stem for p in paper.glob("*.yaml") if not p.stem.startswith("merge"))
     assert names == ["dpo_v1", "dpo_v2", "sft_v1", "sft_v3", "sft_v4"]
     for name in names:
-        cfg = load_train_config(PAPER / f"{name}.yaml")
-        assert cfg.run_dir == f"paper_out/runs/{name}"
+        cfg = load_train_config(paper / f"{name}.yaml")
+        assert cfg.run_dir == str(root / "paper_out" / "runs" / name)
         assert {t.task for t in cfg.eval_tasks} == {"gsm8k", "perplexity"}
         for data in (cfg.data, eval_data_config(cfg)):
             ds = build_dataset_for(cfg.objective, data, tok, seq_len=cfg.seq_len,
@@ -117,7 +123,7 @@ def test_paper_configs_validate_and_their_data_builds(instruct, smol_dir, monkey
             assert ds.num_rows >= cfg.batch_size // 2, name
     for name, sources in (("sft_v3", ["alpaca", "openorca", "math"]),
                           ("sft_v4", ["alpaca", "math"]), ("dpo_v2", ["general", "math"])):
-        assert [s.name for s in load_train_config(PAPER / f"{name}.yaml").data.sources] == sources
+        assert [s.name for s in load_train_config(paper / f"{name}.yaml").data.sources] == sources
     run = (PAPER / "run.sh").read_text()
     for name in [*names, "merge_sft", "merge_dpo"]:
         assert f"configs/paper/{name}.yaml" in run or f"configs/paper/$run.yaml" in run

@@ -138,7 +138,8 @@ class TrainConfig:
 
 
 # Config keys holding paths: relative ones are relative to the config file (config_io).
-PATH_KEYS = ("model", "tokenizer", "reference_model", "data.path", "data.cache_dir", "run_dir")
+PATH_KEYS = ("model", "tokenizer", "reference_model", "data.path", "data.cache_dir",
+             "data.mixture", "eval_data", "eval_tasks", "run_dir")
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
