@@ -14,6 +14,10 @@ Public API:
     ModelConfig, Model, init_params, abstract_params, logical_axes, load_tokenizer
 """
 
+from solar_jax.platforms import default_to_cpu_without_accelerator
+
+default_to_cpu_without_accelerator()  # before any backend starts: see solar_jax/platforms.py
+
 from solar_jax.api import convert, load_model, save_model
 from solar_jax.config import ModelConfig
 from solar_jax.dus import solar_ranges, upscale, upscale_checkpoint

@@ -110,9 +110,10 @@ def train(cfg: TrainConfig) -> dict:
             raise SolarError(f"checkpoint {latest} holds data position {start}; refusing to resume")
         print(f"resumed from step {latest} in {cfg.run_dir}", flush=True)
 
-    batch_sharding = state_lib.batch_sharding(mesh)
+    batch_sharding = state_lib.batch_sharding(mesh, rules)
     step_fn = compile_train_step(objective.step_fn, shardings, batch_sharding,
-                                 keys=objective.batch_keys, extra=objective.extra_shardings)
+                                 keys=objective.batch_keys, extra=objective.extra_shardings,
+                                 rules=rules)
     per_token = flops_per_token(config, cfg.seq_len)
     peak = peak_flops_per_device(cfg.peak_tflops)
     writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard, progress=cfg.progress,
