@@ -1,6 +1,7 @@
 """`solar-jax <command>`: each command parses flags and calls the Python API.
 
-User errors (SolarError) print one line `error: ...` and exit 2; anything else is a bug
+User errors (SolarError) print one line `error: ...` and exit 2 (1 for `compile`'s
+"does not fit"); anything else is a bug
 and keeps its traceback. Compiled programs are kept on disk between runs
 (solar_jax.compile_cache; SOLAR_JAX_COMPILE_CACHE=off turns that off).
 """
@@ -15,7 +16,7 @@ from solar_jax import compile_cache
 from solar_jax.errors import SolarError
 
 COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "generate", "chat",
-                   "eval", "ablate", "demo")
+                   "eval", "ablate", "demo", "compile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except SolarError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

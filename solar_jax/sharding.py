@@ -245,6 +245,18 @@ def mesh_context(mesh: Mesh):
     return setter(mesh)
 
 
+def target_platform() -> str:
+    """The platform the code being traced will run on: that of the mesh in context, else
+    JAX's default backend. They differ when compiling for a TPU or GPU topology from a CPU
+    host (solar_jax.aot): kernel and attention choices must follow the target, not the host.
+    "gpu" for CUDA and ROCm alike."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    mesh = get() if get is not None else None
+    device = getattr(mesh, "abstract_device", None) if mesh is not None and not mesh.empty else None
+    platform = getattr(device, "platform", None) or jax.default_backend()
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
 @contextlib.contextmanager
 def sharding_context(mesh: Mesh, rules: Rules | None = None):
     """The mesh and the rules in context together (what tracing a sharded step needs)."""

@@ -57,7 +57,8 @@ def available_attention_impls() -> list[str]:
 
 def resolve_impl(impl: str) -> str:
     if impl == "auto":
-        platform = jax.default_backend()
+        from solar_jax.sharding import target_platform  # the mesh's platform when compiling ahead
+        platform = target_platform()
         return next(n for n in _AUTO_ORDER.get(platform, ["xla"]) if n in _IMPLS)
     if impl not in _IMPLS:
         raise SolarError(f"unknown attention implementation {impl!r}; "
