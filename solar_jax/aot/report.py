@@ -7,11 +7,14 @@ place) + temporaries + generated code, against the chip's HBM.
 Model FLOPs count the whole layer stack: 6 x (params except the input embedding) per
 trained token plus 12 x layers x heads x head_dim x seq for the attention matmuls (full
 S x S, no causal credit), a third of that for forward-only programs. The compiler's own
-count (`cost_analysis()["flops"]`, per chip, TPU only) is reported beside it: its ratio to
-the model count shows recomputation (remat), the causal half the kernels skip, and what
-the compiler counts of a scanned layer loop. The step time is the TPU compiler's
-`optimal_seconds` estimate and the MFU it implies is an estimate too; no GPU estimate exists
-(cost_analysis is None there, and without a device there is no autotuning).
+count (`cost_analysis()["flops"]`, per chip, TPU only) is reported beside it, but XLA's
+cost model counts each while-loop body once: a scanned stack of 48 layers counts as one
+layer, so the ratio is about 1/layers plus what lies outside the scan. Its `optimal_seconds`
+is for the same once-counted program. What carries over is the rate: the compiler's FLOPs
+over its seconds is its estimate of how fast this program's operations run on the chip, so
+the estimated step time is the model FLOPs per chip at that rate, and the estimated MFU that
+rate over the chip's peak. Both are estimates from a cost model, labelled so. No GPU
+estimate exists (cost_analysis is None there, and without a device there is no autotuning).
 """
 
 from __future__ import annotations
@@ -74,14 +77,19 @@ def compile_program(program, topology: Topology) -> dict:
     cost = _first(compiled.cost_analysis()) if topology.generation.platform == "tpu" else None
     chips = topology.total_chips
     if cost:
-        row["compiler_flops_per_chip"] = float(cost.get("flops", 0.0))
-        row["compiler_over_model_flops"] = (row["compiler_flops_per_chip"] * chips
-                                            / program.model_flops if program.model_flops else None)
-        seconds = cost.get("optimal_seconds")
-        if seconds and seconds > 0:
-            row["estimated_step_seconds"] = float(seconds)
-            peak = topology.generation.peak_bf16_flops * chips
-            row["estimated_mfu"] = program.model_flops / (float(seconds) * peak)
+        flops, seconds = float(cost.get("flops", 0.0)), float(cost.get("optimal_seconds", 0.0))
+        row["compiler_flops_per_chip"] = flops
+        row["compiler_optimal_seconds"] = seconds
+        row["compiler_over_model_flops"] = (flops * chips / program.model_flops
+                                            if program.model_flops else None)
+        if flops > 0 and seconds > 0:
+            # XLA's cost model counts each while-loop body once (the scanned layer stack,
+            # grad_accum's micro-batch loop), so its seconds are not the step's. Its FLOP
+            # rate over what it counted is meaningful: the step at that rate is the estimate.
+            rate = flops / seconds
+            row["estimated_flops_per_second_per_chip"] = rate
+            row["estimated_step_seconds"] = program.model_flops / chips / rate
+            row["estimated_mfu"] = rate / topology.generation.peak_bf16_flops
     return row
 
 
@@ -143,6 +151,7 @@ def format_table(report: dict) -> str:
                 else f"{r['estimated_step_seconds']:.3f}",
                 "-" if r.get("estimated_mfu") is None else f"{100 * r['estimated_mfu']:.1f}%")
         lines.append("  ".join(f"{v:>{max(len(c), 8)}}" for v, c in zip(vals, cols)))
-    lines.append("* estimates: the TPU compiler's optimal_seconds, and the MFU it implies "
-                 "(model FLOPs / (step time x chips x peak bf16)); none on GPU")
+    lines.append("* estimates, not measurements: model FLOPs at the TPU compiler's estimated "
+                 "FLOP rate (its flops / optimal_seconds), and that rate over peak bf16; none "
+                 "on GPU. compiler/model: XLA counts a scanned loop's body once")
     return "\n".join(lines)

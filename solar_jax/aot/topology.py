@@ -149,9 +149,12 @@ def have_packages(platform: str) -> bool:
 def _quiet_deviceless_libtpu(topology: Topology) -> None:
     """libtpu, started on a machine without TPU chips, warns that it cannot find the
     accelerator type and worker hostnames (Cloud TPU metadata it must not query here), and
-    locks /tmp/libtpu_lockfile so a second compiling process would fail. Give it what it
-    asks for; none of it affects a compile-only client. Left alone on a TPU VM."""
+    locks /tmp/libtpu_lockfile so a second compiling process (or, on a TPU VM, the training
+    process holding the chips) would make it fail. Give it what it asks for; none of it
+    affects a compile-only client, which never opens a chip. On a TPU VM the real
+    accelerator type and hosts are left to libtpu."""
     from solar_jax.platforms import _tpu_chips_present
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if _tpu_chips_present():
         return
     g = topology.generation
@@ -159,7 +162,6 @@ def _quiet_deviceless_libtpu(topology: Topology) -> None:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{g.name}-{n}")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def compile_devices(topology: Topology) -> list:
