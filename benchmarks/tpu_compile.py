@@ -2,7 +2,6 @@
 
     python benchmarks/tpu_compile.py                       # every topology x attention x remat
     python benchmarks/tpu_compile.py --topologies v5p-128 --attention xla pallas --remat save_qkv
-    python benchmarks/tpu_compile.py --check-extrapolation # 4/8-layer extrapolation vs 48 layers
 
 For each (topology, attention_impl, remat): per-chip arguments / temporaries / total against
 HBM (or the compiler's RESOURCE_EXHAUSTED figure), compile time, and on TPU the compiler's
@@ -40,18 +39,6 @@ topology, overrides = sys.argv[1], sys.argv[2:]
 cfg = load_train_config({config!r}, overrides)
 print(json.dumps(compile_for_topology(cfg, topology, program="train"), default=str))
 """
-
-EXTRA = """
-import json, sys
-from solar_jax.aot.scaling import compile_extrapolated
-from solar_jax.commands.compile import _host_cpu_only
-from solar_jax.train import load_train_config
-_host_cpu_only()
-cfg = load_train_config({config!r}, sys.argv[2:])
-rows, reports = compile_extrapolated(cfg, sys.argv[1])
-print(json.dumps({{"rows": rows, "reports": reports}}, default=str))
-"""
-
 
 def run_one(script: str, topology: str, overrides: list[str], timeout: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), SOLAR_JAX_COMPILE_CACHE="off")
@@ -91,8 +78,6 @@ def main() -> None:
     ap.add_argument("--topologies", nargs="+", default=TOPOLOGIES)
     ap.add_argument("--attention", nargs="+", default=ATTENTION)
     ap.add_argument("--remat", nargs="+", default=REMAT)
-    ap.add_argument("--check-extrapolation", action="store_true",
-                    help="also compile 4 and 8 layers and compare the extrapolation")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per compile")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -113,26 +98,9 @@ def main() -> None:
                 print(row_text(topology, attention, remat, r), flush=True)
                 results.append({"topology": topology, "attention_impl": attention,
                                 "remat": remat, **r})
-    print("* TPU compiler estimates (cost_analysis optimal_seconds), not measurements; "
-          "none on GPU")
-    if args.check_extrapolation:
-        for topology in args.topologies:
-            x = run_one(EXTRA, topology, [], args.timeout)
-            full = next((r for r in results if r["topology"] == topology and "programs" in r
-                         and r["attention_impl"] == "pallas" and r["remat"] == "save_qkv"),
-                        None)
-            if "error" in x:
-                print(f"extrapolation {topology}: error {x['error']}")
-                continue
-            est = x["rows"][0]
-            line = (f"extrapolation {topology} (pallas, save_qkv): 4 and 8 layers -> 48: "
-                    f"{gib(est['total_bytes'])} GiB total "
-                    f"({gib(est['total_bytes_per_layer'])} GiB per layer)")
-            if full and full["programs"][0].get("total_bytes"):
-                actual = full["programs"][0]["total_bytes"]
-                line += f"; full 48-layer compile {gib(actual)} GiB ({est['total_bytes'] / actual:.3f}x)"
-            print(line, flush=True)
-            results.append({"topology": topology, "extrapolation": x})
+    print("* estimates, not measurements: model FLOPs at the TPU compiler's estimated FLOP "
+          "rate (its flops / optimal_seconds) and that rate over peak bf16; none on GPU. "
+          "'refused': RESOURCE_EXHAUSTED, total = the compiler's figure")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
 
