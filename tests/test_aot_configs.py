@@ -3,9 +3,10 @@ least 10% of HBM per chip to spare.
 
 Each is compiled whole (48 layers, its own batch, mesh, remat and attention) by XLA:TPU at
 its topology. Not a 4-layer stand-in: the layers are one scanned loop, so the compile time
-hardly depends on their number (a 4-layer compile took as long as the 48-layer one), and a
-smaller slice is no faster to compile either (65 s for 4 v5p chips, 40 s for 64, on 2
-quiet cores). Never skipped: without libtpu it fails, saying to run `make test`.
+hardly depends on their number (48 layers compile in 1.03x the time of 4,
+benchmarks/RESULTS.md; a 4-layer SOLAR-width compile for v5p-128 had used 2 min 20 s of CPU
+unfinished where the 48-layer one took 2 min 48 s in all), and a smaller slice is no
+faster to compile either (65 s for 4 v5p chips, 40 s for 64, on 2 quiet cores). Never skipped: without libtpu it fails, saying to run `make test`.
 """
 
 from __future__ import annotations
