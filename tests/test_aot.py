@@ -69,7 +69,7 @@ def test_tpu_train_fits_with_report(tmp_path, capsys):
 @pytest.mark.slow
 def test_tpu_two_slices(tmp_path, capsys):
     """--num-slices 2: a dcn axis of 2 across two v5p-8 slices, fsdp within each. The
-    compiler's time estimate is negative for multi-slice programs: none is reported."""
+    compiler's time estimate comes out negative for multi-slice programs: none is shown."""
     require("tpu")
     code, captured, report = compile_cli(tmp_path, capsys, *TINY, "mesh={fsdp: -1}",
                                          "--topology", "v5p-8", "--num-slices", "2")
