@@ -14,6 +14,10 @@ Public API:
     ModelConfig, Model, init_params, abstract_params, logical_axes, load_tokenizer
 """
 
+from solar_jax.startup_platform import default_to_cpu_without_accelerator
+
+default_to_cpu_without_accelerator()  # before any backend starts: see startup_platform.py
+
 import importlib
 
 # Names resolve on first use (PEP 562), so `import solar_jax` (and the CLI, which installs

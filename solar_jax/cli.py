@@ -1,11 +1,11 @@
 """`solar-jax <command>`: each command parses flags and calls the Python API.
 
 Every usage mistake and every user error (SolarError) is one line `error: ...` on stderr
-and exit status 2; anything else is a bug and keeps its traceback. Warnings (a flag with
-no effect, a value clamped) are one line `warning: ...`. SIGINT/SIGTERM print the single
-line `interrupted` and exit 130/143, with any output staged so far removed
-(solar_jax.interrupts, solar_jax.destination); `train` instead checkpoints and exits 0.
-Compiled programs are kept on disk between runs (solar_jax.compile_cache;
+and exit status 2 (1 for `compile`'s "does not fit"); anything else is a bug and keeps its
+traceback. Warnings (a flag with no effect, a value clamped) are one line `warning: ...`.
+SIGINT/SIGTERM print the single line `interrupted` and exit 130/143, with any output staged
+so far removed (solar_jax.interrupts, solar_jax.destination); `train` instead checkpoints
+and exits 0. Compiled programs are kept on disk between runs (solar_jax.compile_cache;
 SOLAR_JAX_COMPILE_CACHE=off turns that off).
 """
 
@@ -20,7 +20,7 @@ import warnings
 from solar_jax import interrupts  # stdlib only: cheap to import before the handlers go in
 
 COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "build_instruct",
-                   "generate", "chat", "eval", "ablate", "demo", "report")
+                   "generate", "chat", "eval", "ablate", "demo", "report", "compile")
 
 
 class Parser(argparse.ArgumentParser):
@@ -97,7 +97,7 @@ def _run(argv) -> int:
         interrupts.check()  # a signal some library swallowed still ends in `interrupted`
     except SolarError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr, flush=True)
         return e.exit_code if isinstance(e, interrupts.Interrupted) else 130

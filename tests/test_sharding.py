@@ -24,14 +24,15 @@ SCRIPT = textwrap.dedent("""
     params = solar_jax.init_params(config, seed=0)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 16)))
     ref = solar_jax.forward(config, params, ids)
-    for shape in ({"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"data": -1, "tensor": 2}):
+    for shape in ({"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"data": -1, "tensor": 2},
+                  {"dcn": 2, "fsdp": -1}):
         mesh = make_mesh(shape)
         sharded = shard_params(params, solar_jax.logical_axes(config), mesh)
         q = sharded["layers"]["attn"]["q_proj"]["kernel"]
         assert q.sharding.spec[0] is None, q.sharding.spec  # the layer axis stays whole
         if mesh.shape["tensor"] > 1:
             assert q.sharding.spec[2] == "tensor", q.sharding.spec
-        batch = jax.device_put(ids, NamedSharding(mesh, P(("data", "fsdp"))))
+        batch = jax.device_put(ids, NamedSharding(mesh, P(("dcn", "data", "fsdp"))))
         out = jax.jit(lambda p, i: solar_jax.forward(config, p, i))(sharded, batch)
         err = float(jnp.abs(out - ref).max())
         assert err < 1e-5, (shape, err)
@@ -42,7 +43,7 @@ SCRIPT = textwrap.dedent("""
 def test_sharded_forward_matches_single_device():
     result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("ok") == 3
+    assert result.stdout.count("ok") == 4
 
 
 def test_rules_skip_axes_that_do_not_divide():
@@ -59,3 +60,32 @@ def test_rules_skip_axes_that_do_not_divide():
 def test_bad_mesh(shape, message):
     with pytest.raises(SolarError, match=message):
         make_mesh(shape)
+
+
+def test_one_rules_object_with_overrides():
+    """The config's overrides reach the batch and the Pallas wrapper's split (read from the
+    rules in context when traced, not a module constant)."""
+    from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
+
+    from solar_jax.kernels.sharded import partition
+    from solar_jax.sharding import Rules, current_rules, use_rules
+    rules = Rules.create({"batch": ("data",), "heads": None})
+    assert rules.mesh_axes("batch") == ("data",) and rules.mesh_axes("embed") == ("fsdp",)
+    mesh = AbstractMesh((1, 2, 2, 2), ("dcn", "data", "fsdp", "tensor"),
+                        axis_types=(AxisType.Auto,) * 4)
+    assert partition(mesh, 8, 8, 4) == (("data", "fsdp"), "tensor")  # the defaults
+    with use_rules(rules):
+        assert current_rules() is rules
+        assert partition(mesh, 8, 8, 4) == (("data",), None)
+    assert current_rules() == Rules.create()
+    with pytest.raises(SolarError, match="unknown mesh axis 'pipe'"):
+        Rules.create({"batch": ("pipe",)})
+    assert logical_to_spec(("batch", "seq"), rules) == P("data", None)
+
+
+def test_dcn_axis_across_groups():
+    import jax
+    mesh = make_mesh({"data": -1}, devices=jax.devices()[:1])
+    assert dict(mesh.shape) == {"dcn": 1, "data": 1, "fsdp": 1, "tensor": 1}
+    with pytest.raises(SolarError, match="does not divide"):
+        make_mesh({"dcn": 2}, devices=jax.devices()[:1])

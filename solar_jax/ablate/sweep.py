@@ -243,7 +243,7 @@ class _Runtime:
     def __init__(self, cfg: AblateConfig, mesh, rules):
         from solar_jax.train import state as state_lib
         self.cfg, self.mesh, self.rules = cfg, mesh, rules
-        self.batch_sharding = state_lib.batch_sharding(mesh)
+        self.batch_sharding = state_lib.batch_sharding(mesh, rules)
 
     def place(self, local: dict) -> dict:
         from solar_jax.train.state import global_batch
@@ -317,7 +317,7 @@ def heal(rt: _Runtime, config, params, tc, stream, *, ckpt_dir: str | None, log,
         step_fn = compile_train_step(
             make_train_step(config, optimizer, make_schedule(tc), grad_accum=tc.grad_accum,
                             chunk=tc.loss_chunk, z_loss=tc.z_loss),
-            state_lib.state_shardings(state), rt.batch_sharding)
+            state_lib.state_shardings(state), rt.batch_sharding, rules=rt.rules)
         _STEP_FNS[key] = (optimizer, step_fn)
     else:
         optimizer, step_fn = _STEP_FNS[key]

@@ -4,8 +4,10 @@ A `pallas_call` is opaque to XLA's SPMD partitioner: inside a sharded `jit` XLA 
 kernel's operands onto every device and runs the whole call replicated (correct, but every
 device does the global batch's attention and holds its full activations). `per_device`
 wraps the kernel in `shard_map`, so each device runs it on its own block: batch split over
-("data", "fsdp"), heads over "tensor", as the model's activations already are
-(solar_jax.sharding.DEFAULT_RULES). The sequence is never split: a query needs all keys.
+the mesh axes of the "batch" rule (dcn, data, fsdp by default), heads over those of the
+"heads" rule ("tensor"), as the model's activations already are. The rules are the run's
+(solar_jax.sharding.current_rules(), put in context with the mesh by MeshJit), read when
+the kernel is traced. The sequence is never split: a query needs all keys.
 
 The mesh is the one in context while tracing (`jax.set_mesh(mesh)`, see
 `solar_jax.sharding.mesh_context`); with none, or a one-device mesh, the kernel is called
@@ -19,15 +21,7 @@ import math
 import jax
 from jax.sharding import AxisType, PartitionSpec
 
-from solar_jax.sharding import DEFAULT_RULES
-
-
-def _axes(rule) -> tuple[str, ...]:
-    return (rule,) if isinstance(rule, str) else tuple(rule or ())
-
-
-BATCH_AXES = _axes(DEFAULT_RULES["batch"])
-HEAD_AXES = _axes(DEFAULT_RULES["heads"])
+from solar_jax.sharding import current_rules
 
 
 def context_mesh():
@@ -40,21 +34,22 @@ def context_mesh():
     return mesh
 
 
-def partition(mesh, batch: int, heads: int, kv_heads: int):
+def partition(mesh, batch: int, heads: int, kv_heads: int, rules=None):
     """(batch mesh axes, head mesh axis or None) the kernel's operands are split over.
 
     Axes of size 1 are left out (nothing to split); a batch axis is dropped when the batch
     is not divisible by the product so far, the head axis when kv_heads (and so heads, a
     multiple of it) is not divisible: those dims then stay whole on every device. Manual
     axes (inside an enclosing shard_map) are already split and are not ours to use."""
+    rules = rules or current_rules()
     usable = {name: size for name, size, kind in
               zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types)
               if size > 1 and kind != AxisType.Manual}
     batch_axes: list[str] = []
-    for axis in BATCH_AXES:
+    for axis in rules.mesh_axes("batch"):
         if axis in usable and batch % math.prod(usable[a] for a in (*batch_axes, axis)) == 0:
             batch_axes.append(axis)
-    head_axis = next((a for a in HEAD_AXES if a in usable and a not in batch_axes
+    head_axis = next((a for a in rules.mesh_axes("heads") if a in usable and a not in batch_axes
                       and kv_heads % usable[a] == 0 and heads % usable[a] == 0), None)
     return tuple(batch_axes), head_axis
 

@@ -48,6 +48,12 @@ class DPOConfig:
 class TrainConfig:
     model: str = "tiny-llama"  # a checkpoint path load_model accepts, or a preset name
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # preset fields
+    # The preset `model` has, for `solar-jax compile` where the checkpoint is not readable
+    # from the compiling machine (gs://, not trained yet). train ignores it.
+    architecture: str | None = None
+    # The slice the config is sized for (a Cloud TPU accelerator type, or h100-N/h200-N):
+    # `solar-jax compile`'s default --topology. train ignores it.
+    topology: str | None = None
     tokenizer: str | None = None  # defaults to the model's own tokenizer files
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     objective: Literal["lm", "sft", "dpo"] = "lm"

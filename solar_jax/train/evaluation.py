@@ -121,7 +121,7 @@ class Evaluator:
     """Runs every evaluation of a run on the live train state (see the module docstring)."""
 
     def __init__(self, cfg, config, tokenizer, objective, eval_sets: list[EvalSet],
-                 state_shardings, batch_sharding):
+                 state_shardings, batch_sharding, rules=None):
         self.cfg, self.objective, self.sets = cfg, objective, eval_sets
         self.batch_sharding = batch_sharding
         self.is_lm = cfg.objective in ("lm", "sft")
@@ -141,7 +141,7 @@ class Evaluator:
             in_shardings = (state_shardings, {k: batch_sharding for k in self.keys},
                             *objective.extra_shardings)
         self.fn = MeshJit(jax.jit(fn, in_shardings=in_shardings, out_shardings=None),
-                          batch_sharding.mesh)
+                          batch_sharding.mesh, rules)
         if cfg.eval_tasks and jax.process_count() > 1:
             raise SolarError("eval_tasks run on one process only (their scoring reads every "
                              "output on the host); drop them from multi-host runs or evaluate "

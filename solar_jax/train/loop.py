@@ -121,11 +121,12 @@ def train(cfg: TrainConfig) -> dict:
             raise SolarError(f"checkpoint {latest} holds data position {start}; refusing to resume")
         print(f"resumed from step {latest} in {cfg.run_dir}", flush=True)
 
-    batch_sharding = state_lib.batch_sharding(mesh)
+    batch_sharding = state_lib.batch_sharding(mesh, rules)
     step_fn = compile_train_step(objective.step_fn, shardings, batch_sharding,
-                                 keys=objective.batch_keys, extra=objective.extra_shardings)
+                                 keys=objective.batch_keys, extra=objective.extra_shardings,
+                                 rules=rules)
     evaluator = Evaluator(cfg, config, tokenizer, objective, eval_sets, shardings,
-                          batch_sharding)
+                          batch_sharding, rules)
     evaluated, logged = last_evaluation(run_dir)  # a resumed run does not repeat these
     mixture_notes = getattr(dataset, "notes", None)
     token_shares = getattr(dataset, "token_shares", None)

@@ -44,26 +44,41 @@ def build_dataset(cfg: TrainConfig, tokenizer, data=None):
                              process_count=jax.process_count())
 
 
-def build_objective(cfg: TrainConfig, config: ModelConfig, dataset, optimizer, schedule,
-                    mesh, rules, params, run_dir: Path, eval_sets=()) -> Objective:
-    """eval_sets: held-out datasets whose DPO reference log-probs are precomputed too."""
-    if cfg.objective in ("lm", "sft"):
-        step = make_train_step(config, optimizer, schedule, grad_accum=cfg.grad_accum,
-                               chunk=cfg.loss_chunk, z_loss=cfg.z_loss)
-        return Objective(dataset, BATCH_KEYS, step, host_batch=dataset.batch)
-
+def dpo_keys() -> tuple[str, ...]:
     from solar_jax.data.preference import SIDES
-    from solar_jax.train.dpo import SIDE_KEYS, make_dpo_step
+    from solar_jax.train.dpo import SIDE_KEYS
+    return tuple(f"{s}_{k}" for s in SIDES for k in SIDE_KEYS)
+
+
+REFERENCE_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def make_step(cfg: TrainConfig, config: ModelConfig, optimizer, schedule):
+    """(step_fn, batch keys) of the run's objective: the exact function `train` jits, and
+    `solar_jax.aot` compiles from shapes."""
+    if cfg.objective in ("lm", "sft"):
+        return make_train_step(config, optimizer, schedule, grad_accum=cfg.grad_accum,
+                               chunk=cfg.loss_chunk, z_loss=cfg.z_loss), BATCH_KEYS
+    from solar_jax.train.dpo import make_dpo_step
     from solar_jax.train.preference_losses import uses_reference
-    keys = tuple(f"{s}_{k}" for s in SIDES for k in SIDE_KEYS)
     live = cfg.dpo.reference == "live"
     step = make_dpo_step(config, optimizer, schedule, beta=cfg.dpo.beta, loss=cfg.dpo.loss,
                          label_smoothing=cfg.dpo.label_smoothing, chunk=cfg.loss_chunk,
                          live_reference=live, simpo_gamma=cfg.dpo.simpo_gamma,
                          cpo_alpha=cfg.dpo.cpo_alpha)
-    if not uses_reference(cfg.dpo.loss):
-        # simpo/orpo: no reference model is loaded, copied, scored or stored.
+    precomputed = uses_reference(cfg.dpo.loss) and not live
+    return step, dpo_keys() + (REFERENCE_KEYS if precomputed else ())
+
+
+def build_objective(cfg: TrainConfig, config: ModelConfig, dataset, optimizer, schedule,
+                    mesh, rules, params, run_dir: Path, eval_sets=()) -> Objective:
+    """eval_sets: held-out datasets whose DPO reference log-probs are precomputed too."""
+    from solar_jax.train.preference_losses import uses_reference
+    step, keys = make_step(cfg, config, optimizer, schedule)
+    if cfg.objective in ("lm", "sft") or not uses_reference(cfg.dpo.loss):
+        # lm/sft, and simpo/orpo: no reference model is loaded, copied, scored or stored.
         return Objective(dataset, keys, step, host_batch=dataset.batch)
+    live = cfg.dpo.reference == "live"
     ref_params = params
     if cfg.reference_model and Path(cfg.reference_model) != Path(cfg.model):
         ref_config, ref_source = state_lib.model_config_for(
@@ -78,8 +93,8 @@ def build_objective(cfg: TrainConfig, config: ModelConfig, dataset, optimizer, s
         shardings = jax.tree.map(lambda x: x.sharding, frozen)
         return Objective(dataset, keys, step, (frozen,), (shardings,), host_batch=dataset.batch)
 
-    table = reference_table(cfg, config, dataset, ref_params, mesh, run_dir)
-    eval_tables = {id(ds): reference_table(cfg, config, ds, ref_params, mesh, run_dir,
+    table = reference_table(cfg, config, dataset, ref_params, mesh, rules, run_dir)
+    eval_tables = {id(ds): reference_table(cfg, config, ds, ref_params, mesh, rules, run_dir,
                                            filename=f"eval_{name}_{REFERENCE_FILE}")
                    for name, ds in eval_sets}
 
@@ -88,12 +103,12 @@ def build_objective(cfg: TrainConfig, config: ModelConfig, dataset, optimizer, s
         batch["ref_rejected_logps"] = logps[batch["index"], 1]
         return batch
 
-    return Objective(dataset, (*keys, "ref_chosen_logps", "ref_rejected_logps"), step,
+    return Objective(dataset, keys, step,
                      host_batch=lambda i: with_reference(dataset.batch(i), table),
                      eval_batch=lambda ds, i: with_reference(ds.batch(i), eval_tables[id(ds)]))
 
 
-def reference_table(cfg: TrainConfig, config: ModelConfig, dataset, ref_params, mesh,
+def reference_table(cfg: TrainConfig, config: ModelConfig, dataset, ref_params, mesh, rules,
                     run_dir: Path, filename: str = REFERENCE_FILE) -> np.ndarray:
     """[num_pairs, 2] summed reference log-probs (chosen, rejected): computed in one pass
     before training and stored with the run, so a resumed run reuses it."""
@@ -104,11 +119,10 @@ def reference_table(cfg: TrainConfig, config: ModelConfig, dataset, ref_params, 
             return stored["logps"]
     from jax.experimental import multihost_utils
 
-    from solar_jax.data.preference import SIDES
-    from solar_jax.train.dpo import SIDE_KEYS, make_reference_fn
-    ref_fn = MeshJit(jax.jit(make_reference_fn(config, chunk=cfg.loss_chunk)), mesh)
-    sharding = state_lib.batch_sharding(mesh)
-    keys = [f"{s}_{k}" for s in SIDES for k in SIDE_KEYS]
+    from solar_jax.train.dpo import make_reference_fn
+    ref_fn = MeshJit(jax.jit(make_reference_fn(config, chunk=cfg.loss_chunk)), mesh, rules)
+    sharding = state_lib.batch_sharding(mesh, rules)
+    keys = dpo_keys()
     n, gb, local = dataset.num_rows, dataset.global_batch_size, dataset.local_batch_size
     table = np.zeros((n, 2), np.float32)
     for start in range(0, n, gb):

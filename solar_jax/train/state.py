@@ -22,7 +22,7 @@ from solar_jax.checkpoint.sources import open_source
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
 from solar_jax.model.transformer import abstract_params, init_params, logical_axes
-from solar_jax.sharding import DEFAULT_RULES, param_shardings
+from solar_jax.sharding import Rules, as_rules, param_shardings
 from solar_jax.train.config import TrainConfig
 
 
@@ -52,14 +52,13 @@ def abstract_shapes(config: ModelConfig) -> dict:
     return jax.tree.map(lambda x: tuple(x.shape), abstract_params(config))
 
 
-def rules_for(cfg: TrainConfig) -> dict:
-    rules = dict(DEFAULT_RULES)
-    for name, axes in (cfg.logical_axis_rules or {}).items():
-        rules[name] = tuple(axes) if axes else None
-    return rules
+def rules_for(cfg: TrainConfig) -> Rules:
+    """The run's one rules object: the defaults with the config's logical_axis_rules."""
+    return Rules.create({name: tuple(axes) if axes else None
+                         for name, axes in (cfg.logical_axis_rules or {}).items()})
 
 
-def create_params(config: ModelConfig, source: Path | None, mesh: Mesh, rules: dict,
+def create_params(config: ModelConfig, source: Path | None, mesh: Mesh, rules: Rules,
                   seed: int) -> dict:
     shardings = param_shardings(abstract_params(config), logical_axes(config), mesh, rules)
     if source is None:
@@ -76,15 +75,36 @@ def create_params(config: ModelConfig, source: Path | None, mesh: Mesh, rules: d
     return params
 
 
-def create_state(params: dict, optimizer: optax.GradientTransformation, mesh: Mesh) -> dict:
-    """{'params', 'opt_state', 'step'}, every leaf a global array on the mesh."""
+def optimizer_shardings(optimizer: optax.GradientTransformation, params, mesh: Mesh):
+    """Moments follow their parameter's sharding; counters and other scalars are replicated.
+    `params` may be arrays or ShapeDtypeStructs carrying shardings."""
     replicated = NamedSharding(mesh, PartitionSpec())
     param_shardings_tree = jax.tree.map(lambda x: x.sharding, params)
-    # Moments follow their parameter's sharding; counters and other scalars are replicated.
-    opt_shardings = optax.tree_map_params(
+    return optax.tree_map_params(
         optimizer, lambda _, sharding: sharding, jax.eval_shape(optimizer.init, params),
         param_shardings_tree, transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def abstract_state(config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                   rules: Rules) -> dict:
+    """The train state as ShapeDtypeStructs with their shardings: what `create_state` would
+    place, without allocating anything (ahead-of-time compilation, solar_jax.aot)."""
+    abstract = abstract_params(config)
+    shardings = param_shardings(abstract, logical_axes(config), mesh, rules)
+    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    opt = jax.eval_shape(optimizer.init, params)
+    opt = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       opt, optimizer_shardings(optimizer, params, mesh))
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
+    return {"params": params, "opt_state": opt, "step": step}
+
+
+def create_state(params: dict, optimizer: optax.GradientTransformation, mesh: Mesh) -> dict:
+    """{'params', 'opt_state', 'step'}, every leaf a global array on the mesh."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_shardings = optimizer_shardings(optimizer, params, mesh)
     opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
     step = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)()
     return {"params": params, "opt_state": opt_state, "step": step}
@@ -94,10 +114,11 @@ def state_shardings(state: dict):
     return jax.tree.map(lambda x: x.sharding, state)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+def batch_sharding(mesh: Mesh, rules: Rules | None = None) -> NamedSharding:
+    """Rows of every batch array split by the "batch" rule (dcn, data, fsdp by default)."""
+    return as_rules(rules).batch_sharding(mesh)
 
 
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict:
-    """Assemble each process's rows into global arrays sharded over (data, fsdp)."""
+    """Assemble each process's rows into global arrays sharded by the batch rule."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

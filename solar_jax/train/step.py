@@ -93,12 +93,13 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
     return step
 
 
-def compile_train_step(step_fn, state_shardings, batch_sharding, *, keys=BATCH_KEYS, extra=()):
+def compile_train_step(step_fn, state_shardings, batch_sharding, *, keys=BATCH_KEYS, extra=(),
+                       rules=None):
     """jit with explicit shardings; the state is donated (updated in place), extra
     arguments (a frozen reference model) are not. Traced and called with the batch's mesh
     in context, so the Pallas attention kernels run per device (solar_jax/kernels/sharded.py)
-    instead of gathered and replicated."""
+    instead of gathered and replicated, split by the run's `rules`."""
     batch_shardings = {k: batch_sharding for k in keys}
     jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, *extra),
                      out_shardings=(state_shardings, None), donate_argnums=(0,))
-    return MeshJit(jitted, batch_sharding.mesh)
+    return MeshJit(jitted, batch_sharding.mesh, rules)
