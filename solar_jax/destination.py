@@ -170,34 +170,30 @@ def _undo(done) -> None:
             os.rename(backup, dst)
 
 
-@contextlib.contextmanager
-def staged_dir(dst: str | Path) -> Iterator[Path]:
-    """Yield a fresh directory beside `dst`; on success it replaces `dst`, on failure or
-    interrupt it vanishes. Call `check_destination` first."""
+def _staged(dst: str | Path, fresh) -> Iterator[Path]:
     dst = Path(dst).absolute()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    stage = _fresh_dir(dst)
+    stage = fresh(dst)
     try:
         yield stage
         commit(stage, dst)
     except BaseException:
         _remove(stage)
         raise
+
+
+@contextlib.contextmanager
+def staged_dir(dst: str | Path) -> Iterator[Path]:
+    """Yield a fresh directory beside `dst`; on success it replaces `dst`, on failure or
+    interrupt it vanishes. Call `check_destination` first."""
+    yield from _staged(dst, _fresh_dir)
 
 
 @contextlib.contextmanager
 def staged_file(dst: str | Path) -> Iterator[Path]:
     """Yield a fresh file path beside `dst` (not yet created); on success it replaces
     `dst`, on failure or interrupt it vanishes."""
-    dst = Path(dst).absolute()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    stage = _fresh_file(dst)
-    try:
-        yield stage
-        commit(stage, dst)
-    except BaseException:
-        _remove(stage)
-        raise
+    yield from _staged(dst, _fresh_file)
 
 
 @contextlib.contextmanager

@@ -89,6 +89,19 @@ def write_byte_tokenizer(path: Path) -> Path:
     return path
 
 
+def write_jsonl(path: Path, rows) -> Path:
+    import json
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(byte_tokenizer):
+    """The byte tokenizer, loaded (its folder is `byte_tokenizer`)."""
+    from solar_jax.tokenizer import load_tokenizer
+    return load_tokenizer(byte_tokenizer)
+
+
 @pytest.fixture(scope="session")
 def byte_tokenizer(tmp_path_factory):
     return write_byte_tokenizer(tmp_path_factory.mktemp("tok"))

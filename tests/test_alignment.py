@@ -16,20 +16,11 @@ from solar_jax.data.preference import build_preference_dataset
 from solar_jax.data.sft import build_sft_dataset
 from solar_jax.data.synth_math import build_math_data, corrupt_solution
 from solar_jax.errors import SolarError
-from solar_jax.tokenizer import load_tokenizer
 from solar_jax.train.dpo import dpo_losses
 
-from conftest import DATA
+from conftest import DATA, write_jsonl
 
 
-@pytest.fixture(scope="module")
-def tok(byte_tokenizer):
-    return load_tokenizer(byte_tokenizer)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 # ---- SFT ------------------------------------------------------------------------------------

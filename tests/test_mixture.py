@@ -14,22 +14,13 @@ from solar_jax.data import DataConfig
 from solar_jax.data.builders import build_dataset_for
 from solar_jax.data.mixture import MixtureSchedule, period_counts
 from solar_jax.errors import SolarError
-from solar_jax.tokenizer import load_tokenizer
 
-from conftest import DATA  # noqa: E402
+from conftest import DATA, write_jsonl  # noqa: E402
 
 TINY = {"vocab_size": 288, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
         "num_heads": 4, "num_kv_heads": 2, "max_position_embeddings": 1024}
 
 
-@pytest.fixture(scope="module")
-def tok(byte_tokenizer):
-    return load_tokenizer(byte_tokenizer)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +227,8 @@ def _run_config(tmp_path, byte_tokenizer, **overrides):
      "error: data source 'pairs' of data: format 'preference' does not fit objective sft"),
     ({"mixture": [{"path": "ALPACA", "format": "alpaca"},
                   {"path": "missing.jsonl", "format": "gsm8k"}]},
-     "error: data source 'missing': data path missing.jsonl does not exist"),
+     # a relative path in a config file is relative to that file (here: tmp_path)
+     "error: data source 'missing': data path TMP/missing.jsonl does not exist"),
     ({"path": "ALPACA", "mixture": [{"path": "ALPACA", "format": "alpaca"}]},
      "error: data.mixture names its sources' paths"),
 ])
@@ -245,7 +237,7 @@ def test_bad_mixture_in_a_run(tmp_path, byte_tokenizer, files, capsys, data, mes
                       .replace("PAIRS", str(files["pairs"])))
     assert main(["train", str(_run_config(tmp_path, byte_tokenizer, data=data))]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(message) and "\n" not in err
+    assert err.startswith(message.replace("TMP", str(tmp_path))) and "\n" not in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
