@@ -11,7 +11,8 @@ distance), sweep.py (the resumable sweep), report.py / plots.py (the outputs).
 from solar_jax.ablate.config import AblateConfig, HealConfig, Point, load_ablate_config
 from solar_jax.ablate.diagnostics import (block_distances, layer_similarity, pairwise_sums,
                                           seam_distance, token_mask)
-from solar_jax.ablate.sweep import COLUMNS, run_ablation
+from solar_jax.ablate.records import COLUMNS
+from solar_jax.ablate.sweep import run_ablation
 
 __all__ = ["AblateConfig", "HealConfig", "Point", "load_ablate_config", "run_ablation",
            "layer_similarity", "pairwise_sums", "seam_distance", "token_mask",

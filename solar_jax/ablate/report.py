@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from solar_jax.ablate.config import plural
-from solar_jax.ablate.sweep import COLUMNS, _jsonable, write_atomic
+from solar_jax.ablate.records import COLUMNS, jsonable
+from solar_jax.destination import write_text_atomic
 
 
 def best_row(rows: list[dict], healed: bool) -> dict | None:
@@ -84,14 +85,14 @@ def write_outputs(cfg, out: Path, *, rows, base, diag, config, heal_source: str,
                         "block_influence": diag["block_influence"], "tokens": diag["tokens"],
                         "diagnostic_tokens": cfg.diagnostic_tokens},
     }
-    results = _jsonable(results)
-    write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
-    write_atomic(out / "results.csv", to_csv(rows))
+    results = jsonable(results)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    write_text_atomic(out / "results.csv", to_csv(rows))
     plots = []
     if cfg.plots:
         from solar_jax.ablate.plots import write_plots
         plots = write_plots(out, rows=rows, base=base, diag=diag, n=n, healed=healed)
-    write_atomic(out / "report.md", report_markdown(cfg, rows=rows, base=base, diag=diag, n=n,
+    write_text_atomic(out / "report.md", report_markdown(cfg, rows=rows, base=base, diag=diag, n=n,
                                                     best=best, heal_source=heal_source,
                                                     plots=plots))
     log(f"wrote {out / 'results.csv'}, results.json, report.md"

@@ -28,20 +28,18 @@ import numpy as np
 
 from solar_jax.ablate.config import AblateConfig, Point, plural, resolve_model
 from solar_jax.ablate.diagnostics import layer_similarity, seam_distance
+from solar_jax.ablate.records import COLUMNS, jsonable
+from solar_jax.ablate.report import write_outputs
+from solar_jax.destination import check_overlap, write_text_atomic
 from solar_jax.errors import SolarError
 from solar_jax.tokenizer import run_tokenizer
 
 RECORD_VERSION = 1
-COLUMNS = ("m", "cut_a", "cut_b", "layers", "params", "seam_distance", "loss_before",
-           "ppl_before", "acc_before", "loss_after", "ppl_after", "acc_after", "heal_tokens",
-           "heal_steps", "heal_final_train_loss", "heal_status", "seconds")
 
 
 def _check_out_dir(cfg: AblateConfig) -> None:
     """The destination guard: out_dir (results, plots, healing checkpoints) must not be,
     hold or lie inside the model, the tokenizer or a data file."""
-    from solar_jax.destination import check_overlap
-
     inputs = [resolve_model(str(cfg.model)), cfg.tokenizer]
     for name in ("eval_data", "calibration_data", "heal_data"):
         data = cfg.data_config(name)
@@ -50,28 +48,6 @@ def _check_out_dir(cfg: AblateConfig) -> None:
 
 
 # -- records ---------------------------------------------------------------------------------
-def write_atomic(path: Path, text: str) -> None:
-    """`text` to `path` through a staged file: a crash leaves the old file or the new one,
-    never half of one (solar_jax.destination)."""
-    from solar_jax.destination import write_text_atomic
-    write_text_atomic(path, text)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 class Store:
     """out_dir/points/<key>.json records: {"version", "key", "settings", "record"}."""
 
@@ -93,11 +69,11 @@ class Store:
             stored, record = data["settings"], data["record"]
         except (json.JSONDecodeError, KeyError, TypeError):
             return None  # unreadable: recompute (writes are atomic, so only hand edits)
-        if stored != _jsonable(settings):
+        if stored != jsonable(settings):
             if self.overwrite:
                 return None
             changed = sorted(k for k in set(stored) | set(settings)
-                             if stored.get(k) != _jsonable(settings).get(k))
+                             if stored.get(k) != jsonable(settings).get(k))
             raise SolarError(f"{path.parent.parent} holds results of a different setup "
                              f"({', '.join(changed)} changed); use another out_dir, or "
                              f"overwrite=true to recompute them")
@@ -107,7 +83,7 @@ class Store:
         if self.writer:
             data = {"version": RECORD_VERSION, "key": key, "settings": settings,
                     "record": record}
-            write_atomic(self.path(key), json.dumps(_jsonable(data), indent=1) + "\n")
+            write_text_atomic(self.path(key), json.dumps(jsonable(data), indent=1) + "\n")
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -329,7 +305,7 @@ def heal(rt: _Runtime, config, params, tc, stream, *, ckpt_dir: str | None, log,
 
         from solar_jax.train.checkpoints import RunCheckpointer
         root = epath.Path(ckpt_dir)
-        stamp = json.dumps(_jsonable({"settings": settings, "config": config.to_dict()}),
+        stamp = json.dumps(jsonable({"settings": settings, "config": config.to_dict()}),
                            sort_keys=True)
         if root.exists() and (not (root / "settings.json").exists()
                               or (root / "settings.json").read_text() != stamp):
@@ -433,7 +409,7 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
                 "block_influence": sim["block_influence"], "tokens": sim["tokens"],
                 "seconds": time.perf_counter() - t0}
         store.put("diagnostics", s_diag, diag)
-        diag = _jsonable(diag)
+        diag = jsonable(diag)
         log(f"diagnostics on {plural(sim['tokens'], 'calibration token')} ({diag['seconds']:.1f}s)")
     else:
         log("diagnostics: done before, loaded")
@@ -461,7 +437,7 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
         if angular is not None:
             record["seam_distance"] = seam_distance(angular, point.a, point.b)
         record["seconds"] = time.perf_counter() - t0
-        records[point.key] = _jsonable(record)
+        records[point.key] = jsonable(record)
         store.put(point.key, s_eval, record)
         after = (f" -> healed {record['loss_after']:.4f}" if record["loss_after"] is not None
                  else "")
@@ -472,7 +448,6 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
     # Every process computed; process 0 now re-reads its own records (the table is built
     # from disk, so a resumed sweep and a fresh one produce the same files).
     rows = [_row(store.get(p.key, s_eval), p, angular) for p in points]
-    from solar_jax.ablate.report import write_outputs
     return write_outputs(cfg, out, rows=rows, base=base, diag=diag, config=config,
                          heal_source=data.heal_source, log=log)
 

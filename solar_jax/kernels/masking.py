@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from solar_jax.model.attention import MASK_VALUE
+from solar_jax.numerics import MASK_VALUE
 
 INT_MAX = jnp.iinfo(jnp.int32).max
 INT_MIN = jnp.iinfo(jnp.int32).min

@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from solar_jax.errors import SolarError
-
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+from solar_jax.numerics import MASK_VALUE
 
 
 class AttentionFn(Protocol):
