@@ -142,7 +142,8 @@ def test_dpo_eval_reports_reward_accuracy_and_margins(tmp_path, byte_tokenizer):
 @pytest.mark.parametrize("overrides, message", [
     ({"eval_tasks": [{"task": "gsm9k", "data": "DATA"}]}, "eval_tasks[0]: unknown task"),
     ({"eval_tasks": [{"task": "gsm8k", "data": "nope.jsonl"}]},
-     "eval_tasks[0] (gsm8k): data file nope.jsonl does not exist"),
+     # a path in a config file is relative to that file (its directory: TMP)
+     "eval_tasks[0] (gsm8k): data file TMP/nope.jsonl does not exist"),
     ({"eval_tasks": [{"task": "gsm8k", "data": "DATA"}, {"task": "gsm8k", "data": "DATA"}]},
      "eval_tasks[1]: two eval tasks log as eval/gsm8k/"),
     ({"eval_tasks": [{"task": "gsm8k", "data": "DATA", "limt": 3}]}, "unknown config key"),
@@ -162,5 +163,6 @@ def test_bad_eval_config_is_one_line_error(tmp_path, byte_tokenizer, capsys, ove
                         data={"path": str(gsm), "format": "gsm8k"}, **overrides)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message.replace(" : ", ": ") in err, err
+    message = message.replace(" : ", ": ").replace("TMP", str(tmp_path))
+    assert err.startswith("error: ") and message in err, err
     assert "\n" not in err
