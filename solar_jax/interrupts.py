@@ -57,6 +57,7 @@ class _State:
         self.depth = 0                  # nesting of deferred()
         self.finished = False           # the command's output is committed: ignore signals
         self.ignore_after_commit = False
+        self.resend_pending = False     # a signal deferred out of a gc callback is on its way
         self.previous: dict = {}
 
 
@@ -81,7 +82,12 @@ def handler(signum, frame) -> None:
     if _state.raised or _state.depth:
         return
     if _in_gc_callback(frame):
-        # Raising here would be swallowed; deliver it again once the callback is over.
+        # Raising here would be swallowed; deliver it again once the callback is over
+        # (once: another gc callback before it arrives must not queue a second one, which
+        # would land after the first has ended the command).
+        if _state.resend_pending:
+            return
+        _state.resend_pending = True
         timer = threading.Timer(0.02, os.kill, (os.getpid(), signum))
         timer.daemon = True
         timer.start()

@@ -427,8 +427,11 @@ def test_a_signal_inside_a_gc_callback_is_not_swallowed():
     import gc
     from solar_jax import interrupts
 
+    landed = []
+
     def callback(phase, info):
-        if phase == "start":
+        if phase == "start" and not landed:  # once: the signal lands in one callback
+            landed.append(phase)
             interrupts.handler(signal.SIGINT, sys._getframe())  # as if it landed here
 
     interrupts.install()
@@ -442,4 +445,41 @@ def test_a_signal_inside_a_gc_callback_is_not_swallowed():
     finally:
         if callback in gc.callbacks:
             gc.callbacks.remove(callback)
+        interrupts.restore()
+
+
+def test_a_deferred_signal_is_resent_once(monkeypatch):
+    """Two gc callbacks before the deferred signal arrives queue one re-send, not two: a
+    second would land after the first had ended the command (in a test run: the next test)."""
+    import gc
+    import threading
+    from solar_jax import interrupts
+
+    started = []
+
+    class CountingTimer(threading.Timer):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(interrupts.threading, "Timer", CountingTimer)
+
+    def callback(phase, info):
+        if phase == "start":
+            interrupts.handler(signal.SIGINT, sys._getframe())
+
+    interrupts.install()
+    gc.callbacks.append(callback)
+    try:
+        with pytest.raises(interrupts.Interrupted):
+            gc.collect()
+            gc.collect()
+            gc.callbacks.remove(callback)
+            time.sleep(5)
+        assert len(started) == 1
+    finally:
+        if callback in gc.callbacks:
+            gc.callbacks.remove(callback)
+        for t in started:
+            t.join()
         interrupts.restore()
