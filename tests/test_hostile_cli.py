@@ -421,65 +421,46 @@ def test_interrupt_during_imports_is_one_line(ckpt, tmp_path):
     assert not (tmp_path / "dst").exists() and leftovers(tmp_path) == []
 
 
-def test_a_signal_inside_a_gc_callback_is_not_swallowed():
+# The gc-callback cases run in a subprocess of their own: a signal sent to the test
+# process itself would reach pytest's (or an xdist worker's) handlers, and a stray one would
+# end whichever test runs next.
+GC_CASE = """
+import gc, signal, sys, threading, time
+from solar_jax import interrupts
+
+started = []
+class CountingTimer(threading.Timer):
+    def start(self):
+        started.append(self)
+        super().start()
+interrupts.threading.Timer = CountingTimer
+calls = int(sys.argv[1])
+def callback(phase, info):
+    global calls
+    if phase == "start" and calls:
+        calls -= 1
+        interrupts.handler(signal.SIGINT, sys._getframe())  # as if it landed here
+interrupts.install()
+gc.callbacks.append(callback)
+try:
+    gc.collect()
+    gc.collect()
+    gc.callbacks.remove(callback)
+    time.sleep(5)  # the re-sent signal interrupts this sleep
+    print("not interrupted")
+except interrupts.Interrupted as e:
+    time.sleep(0.3)  # a second re-send, if any, would land here (and be counted)
+    print(e.exit_code, len(started))
+"""
+
+
+@pytest.mark.parametrize("callbacks", [1, 2])
+def test_a_signal_inside_a_gc_callback_is_resent_once(callbacks):
     """jax's `_xla_gc_callback` case: an exception raised inside a gc callback is printed
-    as "Exception ignored" and lost. The handler defers it and re-sends the signal."""
-    import gc
-    from solar_jax import interrupts
-
-    landed = []
-
-    def callback(phase, info):
-        if phase == "start" and not landed:  # once: the signal lands in one callback
-            landed.append(phase)
-            interrupts.handler(signal.SIGINT, sys._getframe())  # as if it landed here
-
-    interrupts.install()
-    gc.callbacks.append(callback)
-    try:
-        with pytest.raises(interrupts.Interrupted) as caught:
-            gc.collect()
-            gc.callbacks.remove(callback)
-            time.sleep(5)  # the re-sent signal interrupts this sleep
-        assert caught.value.exit_code == 130
-    finally:
-        if callback in gc.callbacks:
-            gc.callbacks.remove(callback)
-        interrupts.restore()
-
-
-def test_a_deferred_signal_is_resent_once(monkeypatch):
-    """Two gc callbacks before the deferred signal arrives queue one re-send, not two: a
-    second would land after the first had ended the command (in a test run: the next test)."""
-    import gc
-    import threading
-    from solar_jax import interrupts
-
-    started = []
-
-    class CountingTimer(threading.Timer):
-        def start(self):
-            started.append(self)
-            super().start()
-
-    monkeypatch.setattr(interrupts.threading, "Timer", CountingTimer)
-
-    def callback(phase, info):
-        if phase == "start":
-            interrupts.handler(signal.SIGINT, sys._getframe())
-
-    interrupts.install()
-    gc.callbacks.append(callback)
-    try:
-        with pytest.raises(interrupts.Interrupted):
-            gc.collect()
-            gc.collect()
-            gc.callbacks.remove(callback)
-            time.sleep(5)
-        assert len(started) == 1
-    finally:
-        if callback in gc.callbacks:
-            gc.callbacks.remove(callback)
-        for t in started:
-            t.join()
-        interrupts.restore()
+    as "Exception ignored" and lost. The handler defers it and re-sends the signal, once
+    even when a second gc callback comes before it arrives (a second re-send would land
+    after the first had ended the command)."""
+    out = subprocess.run([sys.executable, "-c", GC_CASE, str(callbacks)], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["130", "1"], out.stdout + out.stderr
