@@ -56,22 +56,29 @@ def get(model_type: str) -> Architecture:
                          f"supported: {', '.join(names())}") from None
 
 
+def _find(field: str, value) -> Architecture | None:
+    """The record whose `field` (a tuple of names) holds `value`."""
+    return next((r for r in REGISTRY.values() if value in getattr(r, field)), None)
+
+
+def _supported(field: str) -> str:
+    return ", ".join(sorted(n for r in REGISTRY.values() for n in getattr(r, field)))
+
+
 def for_hf(hf_model_type) -> Architecture:
-    for record in REGISTRY.values():
-        if hf_model_type in record.hf_model_types:
-            return record
-    supported = sorted(t for r in REGISTRY.values() for t in r.hf_model_types)
-    raise SolarError(f"unsupported model_type {hf_model_type!r} in config.json; "
-                     f"supported: {', '.join(supported)}")
+    record = _find("hf_model_types", hf_model_type)
+    if record is None:
+        raise SolarError(f"unsupported model_type {hf_model_type!r} in config.json; "
+                         f"supported: {_supported('hf_model_types')}")
+    return record
 
 
 def for_gguf(gguf_arch, where) -> Architecture:
-    for record in REGISTRY.values():
-        if gguf_arch in record.gguf_read_archs:
-            return record
-    supported = sorted(a for r in REGISTRY.values() for a in r.gguf_read_archs)
-    raise SolarError(f"GGUF file {where} has architecture {gguf_arch!r}; supported: "
-                     f"{', '.join(supported)}")
+    record = _find("gguf_read_archs", gguf_arch)
+    if record is None:
+        raise SolarError(f"GGUF file {where} has architecture {gguf_arch!r}; supported: "
+                         f"{_supported('gguf_read_archs')}")
+    return record
 
 
 _ROWS = {p.path: p for r in REGISTRY.values() for p in r.params}  # paths are shared (checked)
