@@ -6,13 +6,15 @@ from AblateConfig.train_config).
 With heal_checkpoint_every > 0 the state is checkpointed every N steps in the candidate's
 own directory (orbax, RunCheckpointer) next to a settings.json; a later call with the same
 settings resumes from the latest step, a stale checkpoint is discarded. SIGTERM/SIGINT
-finish the current step, checkpoint it (when checkpointing) and raise HealingStopped.
+finish the current step and checkpoint it (when checkpointing), then end the sweep as any
+interrupted command ends (`interrupted`, exit 130/143; solar_jax.interrupts).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 
 import jax
 from etils import epath
@@ -20,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from solar_jax.ablate.records import jsonable
 from solar_jax.ablate.runtime import Runtime
+from solar_jax.interrupts import Interrupted
 from solar_jax.train import state as state_lib
 from solar_jax.train.checkpoints import RunCheckpointer
 from solar_jax.train.objectives import make_step
@@ -28,15 +31,6 @@ from solar_jax.train.step import compile_train_step
 from solar_jax.train.step_loop import NonFiniteStep, StepLoop, resume
 
 _STEP_FNS: dict = {}
-
-
-class HealingStopped(Exception):
-    """A signal stopped healing before its last step (`step` steps done, `checkpointed`
-    when a restart resumes from there)."""
-
-    def __init__(self, step: int, checkpointed: bool):
-        super().__init__(step)
-        self.step, self.checkpointed = step, checkpointed
 
 
 def _train_state(rt: Runtime, config, params, tc):
@@ -101,7 +95,10 @@ def heal(rt: Runtime, config, params, tc, stream, *, ckpt_dir: str | None, log,
                 "heal_status": f"non-finite loss/gradient at step {e.step}; stopped",
                 "heal_final_train_loss": e.last_record.get("loss"), "heal_steps": e.step - 1}
         if result.stopped and result.done < tc.steps:
-            raise HealingStopped(result.done, checkpointer is not None)
+            log(f"    healing stopped by a signal after step {result.done}: "
+                + ("checkpoint written, a restart resumes it" if checkpointer is not None
+                   else "not checkpointed (heal_checkpoint_every=0), a restart heals anew"))
+            raise Interrupted(result.signum or signal.SIGTERM)
     finally:
         if checkpointer is not None:
             checkpointer.close()

@@ -12,7 +12,8 @@ in out_dir/points, written atomically the moment it is done; a restarted sweep l
 and computes only what is missing. A record made with different settings (model, data,
 seq_len, healing, ...) is an error unless overwrite=true. With heal_checkpoint_every > 0
 healing itself checkpoints (orbax, the training core's RunCheckpointer) and resumes
-mid-candidate; SIGTERM/SIGINT during healing checkpoint the step and end the sweep (exit 0).
+mid-candidate; SIGTERM/SIGINT during healing finish and checkpoint the step, then end the
+sweep (`interrupted`, exit 130/143).
 
 Modules: config.py (keys, candidates), records.py (record store), runtime.py (mesh,
 evaluation), heal.py (healing), diagnostics.py, report.py / plots.py (outputs); the rows
@@ -32,7 +33,7 @@ from etils import epath
 
 from solar_jax.ablate.config import AblateConfig, Point, plural, resolve_model
 from solar_jax.ablate.diagnostics import layer_similarity, seam_distance
-from solar_jax.ablate.heal import HealingStopped, heal
+from solar_jax.ablate.heal import heal
 from solar_jax.ablate.records import COLUMNS, Store, jsonable
 from solar_jax.ablate.report import write_outputs
 from solar_jax.ablate.runtime import Runtime, broadcast_flags
@@ -204,14 +205,8 @@ def run_ablation(cfg: AblateConfig, *, log=None) -> dict:
             log(f"{tag}: done before, skipped")
             continue
         t0 = time.perf_counter()
-        try:
-            record = run_point(rt, cfg, tc, config, params, point, data, chunk, out, log=log,
-                               settings=s_eval)
-        except HealingStopped as e:  # preempted: exit 0 like train; a restart resumes
-            log(f"received signal: {tag} stopped at healing step {e.step}, "
-                + ("checkpoint written; exiting" if e.checkpointed else
-                   "not checkpointed (heal_checkpoint_every=0), its healing restarts; exiting"))
-            return {}
+        record = run_point(rt, cfg, tc, config, params, point, data, chunk, out, log=log,
+                           settings=s_eval)
         if angular is not None:
             record["seam_distance"] = seam_distance(angular, point.a, point.b)
         record["seconds"] = time.perf_counter() - t0

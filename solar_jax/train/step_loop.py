@@ -88,6 +88,7 @@ class LoopResult:
     record: dict  # the last step's metrics record ({} when no step ran)
     done: int  # steps completed (resumed ones included)
     stopped: bool  # ended early by a signal (after checkpointing the last step)
+    signum: int | None = None  # that signal, when it reached this process
 
 
 @dataclasses.dataclass
@@ -155,7 +156,7 @@ class StepLoop:
                     self.checkpointer.save(done, state, self.data_state(done), self.run_record,
                                            wait=stopping)
                 if stopping:
-                    return LoopResult(state, record, done, True)
+                    return LoopResult(state, record, done, True, stop.signal)
             return LoopResult(state, record, done, False)
         finally:
             stop.restore()
