@@ -12,6 +12,7 @@ what needs the model's layer count (m and cut points in range) by `points(n)`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import typing
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from solar_jax.config_io import apply_overrides, from_dict, load_yaml, rebase_paths
-from solar_jax.data import DataConfig
+from solar_jax.config import list_presets
+from solar_jax.data import DataConfig, expand_paths
 from solar_jax.errors import SolarError
 from solar_jax.train.config import TrainConfig
 from solar_jax.train.run_config import RunConfig
@@ -61,7 +63,6 @@ MODEL_ALIASES = {"smollm2-gguf": "solar_jax.demo:smollm2_gguf"}
 
 def resolve_model(name: str) -> str:
     if name in MODEL_ALIASES:
-        import importlib
         module, attr = MODEL_ALIASES[name].split(":")
         return str(getattr(importlib.import_module(module), attr)())
     return name
@@ -162,7 +163,6 @@ class AblateConfig(RunConfig):
         for name in ("eval_data", "calibration_data", "heal_data"):
             data = self.data_config(name)
             if data is not None:
-                from solar_jax.data import expand_paths
                 try:
                     expand_paths(data.paths)
                 except SolarError as e:
@@ -318,7 +318,6 @@ PATH_KEYS = ("model", "tokenizer", "eval_data", "calibration_data", "heal_data",
 def load_ablate_config(path: str | Path | None, overrides: list[str] = ()) -> AblateConfig:
     data = load_yaml(path) if path else {}
     if path:
-        from solar_jax.config import list_presets
         data = rebase_paths(data, path, PATH_KEYS, names=[*list_presets(), *MODEL_ALIASES])
     data = apply_overrides(data, list(overrides))
     config = from_dict(AblateConfig, data)

@@ -37,7 +37,7 @@ from solar_jax.ablate.heal import heal
 from solar_jax.ablate.records import COLUMNS, Store, jsonable
 from solar_jax.ablate.report import write_outputs
 from solar_jax.ablate.runtime import Runtime, broadcast_flags
-from solar_jax.data import RowSet, RowStream, build_pretrain_dataset
+from solar_jax.data import PretrainDataset, RowSet, RowStream, build_pretrain_dataset
 from solar_jax.destination import check_overlap
 from solar_jax.dus import upscale
 from solar_jax.errors import SolarError
@@ -72,7 +72,7 @@ def _rows_for(tokens: int | None, batches: int | None, cfg: AblateConfig) -> int
 class StudyData:
     eval_rows: RowSet
     calibration_rows: RowSet
-    heal: object | None  # .batch(step) -> local dict, or None without healing
+    heal: RowStream | PretrainDataset | None  # .batch(step); None without healing
     heal_source: str
 
 
@@ -109,16 +109,16 @@ def build_data(cfg: AblateConfig, tokenizer, *, process_index: int = 0,
         calibration_rows = RowSet(cal, np.arange(min(n_cal, cal.num_rows)), cfg.batch_size,
                                   **share)
 
-    heal, source = None, ""
+    heal_rows, source = None, ""
     if cfg.heal_tokens:
         if split:
-            heal = RowStream(evals, np.arange(n_eval, evals.num_rows), cfg.heal_batch_size,
+            heal_rows = RowStream(evals, np.arange(n_eval, evals.num_rows), cfg.heal_batch_size,
                              cfg.seed, **share)
             source = f"eval_data rows {n_eval}..{evals.num_rows - 1} (not held out)"
         else:
-            heal = dataset("heal_data", cfg.heal_batch_size)
+            heal_rows = dataset("heal_data", cfg.heal_batch_size)
             source = "heal_data"
-    return StudyData(eval_rows, calibration_rows, heal, source)
+    return StudyData(eval_rows, calibration_rows, heal_rows, source)
 
 
 # -- the sweep -------------------------------------------------------------------------------
