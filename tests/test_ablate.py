@@ -254,3 +254,69 @@ def test_bad_input_is_one_line_error(study, capsys, override, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and message in err, err
+
+
+def _point(out, key="a5-b1"):
+    return json.loads((out / "points" / f"{key}.json").read_text())["record"]
+
+
+def test_healing_runs_the_training_step_loop(study, tmp_path, monkeypatch, capsys):
+    """Healing goes through train/step_loop.py: its non-finite guard ends a candidate's
+    healing at the last good state (recorded, the sweep goes on), and its stop flag turns
+    a SIGTERM mid-healing into a checkpoint of the finished step; the restart resumes there
+    and ends exactly where an uninterrupted sweep does."""
+    import os
+    import signal
+
+    real_batch = sweep_lib.RowStream.batch
+    steps = []
+
+    def poisoned(self, step):  # step 2's targets weigh NaN: a non-finite loss
+        batch = real_batch(self, step)
+        if step == 1:
+            batch["loss_weights"] = batch["loss_weights"] * np.nan
+        return batch
+    monkeypatch.setattr(sweep_lib.RowStream, "batch", poisoned)
+    path = study(cut_points=[], out_dir=str(tmp_path / "nan"))
+    assert main(["ablate", str(path)]) == 0
+    record = _point(tmp_path / "nan")
+    assert record["heal_status"] == "non-finite loss/gradient at step 2; stopped"
+    assert record["heal_steps"] == 1 and math.isfinite(record["heal_final_train_loss"])
+    # The last good state is step 1's, whose learning rate is 0 (one warmup step from 0):
+    # the parameters evaluated after healing are the candidate's own.
+    assert record["loss_after"] == pytest.approx(record["loss_before"], rel=1e-6)
+
+    def logged(self, step):
+        steps.append(step)
+        return real_batch(self, step)
+    monkeypatch.setattr(sweep_lib.RowStream, "batch", logged)
+    straight = study(cut_points=[], out_dir=str(tmp_path / "straight"))
+    assert main(["ablate", str(straight)]) == 0
+    assert steps == [0, 1]
+    want = _point(tmp_path / "straight")
+    assert want["heal_status"] == "ok" and want["heal_steps"] == 2
+
+    def terminated(self, step):  # the signal arrives while step 1 runs
+        steps.append(step)
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_batch(self, step)
+    monkeypatch.setattr(sweep_lib.RowStream, "batch", terminated)
+    out = tmp_path / "term"
+    path = study(cut_points=[], out_dir=str(out), heal_checkpoint_every=5)
+    steps.clear()
+    capsys.readouterr()
+    assert main(["ablate", str(path)]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    assert steps == [0]  # step 1 finished, nothing after it read
+    assert (out / "heal" / "a5-b1" / "checkpoints" / "1").is_dir()
+    assert not (out / "points" / "a5-b1.json").exists() and not (out / "results.csv").exists()
+    monkeypatch.setattr(sweep_lib.RowStream, "batch", logged)
+    assert main(["ablate", str(path)]) == 0
+    assert steps == [0, 1]  # resumed at step 1
+    assert "resumed healing at step 1" in capsys.readouterr().out
+    got = _point(out)
+    for key in ("loss_after", "ppl_after", "acc_after", "heal_final_train_loss", "heal_steps",
+                "heal_status"):
+        assert got[key] == want[key], key  # bit-identical
+    assert not (out / "heal" / "a5-b1").exists()

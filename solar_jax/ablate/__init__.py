@@ -5,7 +5,9 @@
     results["best"]["m"], results["rows"]
 
 config.py (the keys, candidates), diagnostics.py (angular distance, Block Influence, seam
-distance), sweep.py (the resumable sweep), report.py / plots.py (the outputs).
+distance), sweep.py (the resumable sweep), records.py (the per-candidate records),
+runtime.py (mesh, held-out evaluation), heal.py (healing through train's step loop),
+report.py / plots.py (the outputs).
 """
 
 from solar_jax.ablate.config import AblateConfig, HealConfig, Point, load_ablate_config

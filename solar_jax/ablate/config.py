@@ -12,6 +12,7 @@ what needs the model's layer count (m and cut points in range) by `points(n)`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import typing
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from solar_jax.config_io import apply_overrides, from_dict, load_yaml, rebase_paths
-from solar_jax.data import DataConfig
+from solar_jax.config import list_presets
+from solar_jax.data import DataConfig, expand_paths
 from solar_jax.errors import SolarError
-from solar_jax.train.config import DistributedConfig, TrainConfig
+from solar_jax.train.config import TrainConfig
+from solar_jax.train.run_config import RunConfig
 
 # The TrainConfig keys a `heal:` mapping may set (same meaning, same defaults). seq_len and
 # the data are the study's; steps follow from heal_tokens; batch_size defaults to the
@@ -60,7 +63,6 @@ MODEL_ALIASES = {"smollm2-gguf": "solar_jax.demo:smollm2_gguf"}
 
 def resolve_model(name: str) -> str:
     if name in MODEL_ALIASES:
-        import importlib
         module, attr = MODEL_ALIASES[name].split(":")
         return str(getattr(importlib.import_module(module), attr)())
     return name
@@ -105,10 +107,10 @@ class Point:
 
 
 @dataclasses.dataclass
-class AblateConfig:
-    model: str = ""  # checkpoint load_model accepts, or a preset name (random init)
-    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    tokenizer: str | None = None  # default: the model's own
+class AblateConfig(RunConfig):
+    # model (a checkpoint load_model accepts, or a preset name: random init),
+    # model_overrides, tokenizer (default: the model's own), attention_impl, seed, mesh,
+    # logical_axis_rules and distributed are RunConfig's, shared with `solar-jax train`.
     m: Any = None  # list of ints, one int, {first, last, step} or {start, stop, step}
     cut_points: list[list[int]] = dataclasses.field(default_factory=list)  # [[a, b], ...]
     eval_data: Any = None  # a path / glob / list, or a data.* mapping (DataConfig)
@@ -126,12 +128,6 @@ class AblateConfig:
     heal_checkpoint_dir: str | None = None  # default out_dir/heal; may be gs:// (multi-host)
     dtype: Literal["float32", "bfloat16"] = "float32"  # parameter dtype
     compute_dtype: Literal["float32", "bfloat16"] | None = None  # default: dtype
-    attention_impl: str = "auto"
-    seed: int = 0
-    mesh: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
-    logical_axis_rules: dict[str, list[str]] | None = None
-    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     out_dir: str = ""
     overwrite: bool = False  # recompute points stored by a different setup instead of failing
     plots: bool = True
@@ -167,7 +163,6 @@ class AblateConfig:
         for name in ("eval_data", "calibration_data", "heal_data"):
             data = self.data_config(name)
             if data is not None:
-                from solar_jax.data import expand_paths
                 try:
                     expand_paths(data.paths)
                 except SolarError as e:
@@ -279,14 +274,12 @@ class AblateConfig:
                              f"{self.heal_batch_size} x {self.seq_len} tokens per step")
         if not self.heal_tokens:
             heal["warmup_steps"] = 0
-        tc = TrainConfig(model=resolve_model(self.model),
-                         model_overrides=dict(self.model_overrides), tokenizer=self.tokenizer,
-                         seq_len=self.seq_len, batch_size=self.heal_batch_size, steps=steps,
-                         param_dtype=self.dtype, compute_dtype=self.compute_dtype or self.dtype,
-                         attention_impl=self.attention_impl, seed=self.seed,
-                         mesh=dict(self.mesh), logical_axis_rules=self.logical_axis_rules,
-                         distributed=self.distributed, progress=False, tensorboard=False,
-                         **heal)
+        shared = {**self.run_settings(), "model": resolve_model(self.model),
+                  "model_overrides": dict(self.model_overrides), "mesh": dict(self.mesh)}
+        tc = TrainConfig(**shared, seq_len=self.seq_len, batch_size=self.heal_batch_size,
+                         steps=steps, param_dtype=self.dtype,
+                         compute_dtype=self.compute_dtype or self.dtype, progress=False,
+                         tensorboard=False, **heal)
         try:
             tc.validate()
         except SolarError as e:
@@ -325,7 +318,6 @@ PATH_KEYS = ("model", "tokenizer", "eval_data", "calibration_data", "heal_data",
 def load_ablate_config(path: str | Path | None, overrides: list[str] = ()) -> AblateConfig:
     data = load_yaml(path) if path else {}
     if path:
-        from solar_jax.config import list_presets
         data = rebase_paths(data, path, PATH_KEYS, names=[*list_presets(), *MODEL_ALIASES])
     data = apply_overrides(data, list(overrides))
     config = from_dict(AblateConfig, data)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from solar_jax.config import ModelConfig
+from solar_jax.errors import SolarError
 from solar_jax.model.transformer import bind
 
 
@@ -100,7 +101,6 @@ def layer_similarity(config: ModelConfig, params: dict, batches, *, last_only: b
         angle_sum += np.asarray(a, np.float64)
         count += float(t)
     if count == 0:
-        from solar_jax.errors import SolarError
         raise SolarError("the calibration set has no tokens to average the diagnostics over")
     cos, angle = cos_sum / count, angle_sum / count
     return {"angular_distance": angle, "cosine": cos,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from solar_jax.ablate.diagnostics import block_distances
+from solar_jax.destination import staged_file
 from solar_jax.errors import SolarError
 
 DPI = 90
@@ -24,7 +26,6 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    from solar_jax.destination import staged_file
     with staged_file(path) as stage:
         fig.savefig(stage, dpi=DPI, bbox_inches="tight", format="png")
     return path
@@ -85,7 +86,6 @@ def loss_plot(plt, path, rows, base, healed):
 
 
 def similarity_plot(plt, path, diag, rows, n):
-    from solar_jax.ablate.diagnostics import block_distances
     d = np.asarray(diag["angular_distance"], np.float64)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
     im = ax.imshow(d, origin="lower", cmap="viridis", vmin=0, vmax=max(d.max(), 1e-6))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from solar_jax.ablate.config import plural
+from solar_jax.ablate.config import plural, resolve_model
+from solar_jax.ablate.plots import write_plots
 from solar_jax.ablate.records import COLUMNS, jsonable
 from solar_jax.destination import write_text_atomic
 
@@ -90,7 +91,6 @@ def write_outputs(cfg, out: Path, *, rows, base, diag, config, heal_source: str,
     write_text_atomic(out / "results.csv", to_csv(rows))
     plots = []
     if cfg.plots:
-        from solar_jax.ablate.plots import write_plots
         plots = write_plots(out, rows=rows, base=base, diag=diag, n=n, healed=healed)
     write_text_atomic(out / "report.md", report_markdown(cfg, rows=rows, base=base, diag=diag, n=n,
                                                     best=best, heal_source=heal_source,
@@ -107,7 +107,6 @@ def write_outputs(cfg, out: Path, *, rows, base, diag, config, heal_source: str,
 
 def report_markdown(cfg, *, rows, base, diag, n, best, heal_source, plots) -> str:
     healed = cfg.heal_tokens > 0
-    from solar_jax.ablate.config import resolve_model
     name = Path(resolve_model(str(cfg.model))).name or str(cfg.model)
     lines = [f"# Layer-count ablation: {name}", ""]
     eval_paths = ", ".join(cfg.data_config("eval_data").paths)

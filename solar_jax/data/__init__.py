@@ -9,16 +9,19 @@
     ckpt["data"] = ds.state(step)  ...  step = ds.restore(ckpt["data"])
 
 sources.py (files, records), tokenize.py (token stream, cache), packing.py (rows),
-pipeline.py (grain dataset, sharding, iterator state), config.py (the `data.*` keys).
+pipeline.py (grain dataset, sharding, iterator state), rows.py (fixed rows of a dataset:
+a held-out set, a training stream), config.py (the `data.*` keys).
 """
 
 from solar_jax.data.config import DataConfig
 from solar_jax.data.packing import PackedLayout, pack_concat, pack_greedy, pack_rows
 from solar_jax.data.pipeline import PretrainDataset, build_pretrain_dataset
+from solar_jax.data.rows import RowSet, RowStream
 from solar_jax.data.sources import (expand_paths, iter_documents, iter_jsonl_records,
                                     iter_parquet_records)
 from solar_jax.data.tokenize import TokenStream, build_token_stream
 
-__all__ = ["DataConfig", "PackedLayout", "PretrainDataset", "TokenStream", "build_pretrain_dataset",
-           "build_token_stream", "expand_paths", "iter_documents", "iter_jsonl_records",
-           "iter_parquet_records", "pack_concat", "pack_greedy", "pack_rows"]
+__all__ = ["DataConfig", "PackedLayout", "PretrainDataset", "RowSet", "RowStream", "TokenStream",
+           "build_pretrain_dataset", "build_token_stream", "expand_paths", "iter_documents",
+           "iter_jsonl_records", "iter_parquet_records", "pack_concat", "pack_greedy",
+           "pack_rows"]

@@ -11,22 +11,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+from solar_jax.config import list_presets
 from solar_jax.config_io import apply_overrides, from_dict, load_yaml, rebase_paths
 from solar_jax.data import DataConfig
 from solar_jax.errors import SolarError
 from solar_jax.train.eval_config import EvalTaskConfig, validate_eval
 from solar_jax.train.preference_losses import uses_reference
-
-
-@dataclasses.dataclass
-class DistributedConfig:
-    """jax.distributed.initialize arguments; all null = single process (or auto on TPU pods,
-    where JAX discovers the coordinator itself)."""
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    local_device_ids: list[int] | None = None
-    auto: bool = False  # call jax.distributed.initialize() with no arguments (TPU/SLURM)
+from solar_jax.train.run_config import RunConfig
 
 
 @dataclasses.dataclass
@@ -45,16 +36,16 @@ class DPOConfig:
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
+    # model, model_overrides, tokenizer, attention_impl, seed, mesh, logical_axis_rules and
+    # distributed are RunConfig's (shared with `solar-jax ablate`).
     model: str = "tiny-llama"  # a checkpoint path load_model accepts, or a preset name
-    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # preset fields
     # The preset `model` has, for `solar-jax compile` where the checkpoint is not readable
     # from the compiling machine (gs://, not trained yet). train ignores it.
     architecture: str | None = None
     # The slice the config is sized for (a Cloud TPU accelerator type, or h100-N/h200-N):
     # `solar-jax compile`'s default --topology. train ignores it.
     topology: str | None = None
-    tokenizer: str | None = None  # defaults to the model's own tokenizer files
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     objective: Literal["lm", "sft", "dpo"] = "lm"
     dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
@@ -77,12 +68,6 @@ class TrainConfig:
     param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "save_dots", "save_qkv"] = "none"
-    attention_impl: str = "auto"
-    seed: int = 0
-    mesh: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
-    logical_axis_rules: dict[str, list[str]] | None = None  # overrides of sharding.DEFAULT_RULES
-    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     run_dir: str = "runs/default"
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
@@ -151,7 +136,6 @@ PATH_KEYS = ("model", "tokenizer", "reference_model", "data.path", "data.cache_d
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     data = load_yaml(path) if path else {}
     if path:
-        from solar_jax.config import list_presets
         data = rebase_paths(data, path, PATH_KEYS, names=list_presets())
     data = apply_overrides(data, list(overrides))
     config = from_dict(TrainConfig, data)

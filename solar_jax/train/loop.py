@@ -1,6 +1,7 @@
 """`train(cfg)`: the loop behind `solar-jax train`, the same on one CPU, a GPU node or a
 TPU pod slice (every host runs it; each reads only its share of every global batch).
 
+The steps themselves run in train/step_loop.py (shared with the ablation's healing).
 Faults: SIGTERM/SIGINT (preemption) finish the current step, write a checkpoint of it and
 return normally (exit 0); a non-finite loss or gradient stops the run with an error and
 leaves the last good checkpoint as the latest; a restart on the same run_dir resumes.
@@ -10,12 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from solar_jax.chat_template import record_template
 from solar_jax.destination import write_text_atomic
@@ -34,11 +32,14 @@ from solar_jax.train.metrics import (
 )
 from solar_jax.train.objectives import build_dataset, build_objective
 from solar_jax.train.optimizer import make_optimizer, make_schedule
+from solar_jax.train.run_config import RunConfig
 from solar_jax.train.run_dir import check_run_dir
 from solar_jax.train.step import compile_train_step
+from solar_jax.train.step_loop import StepLoop, resume
 
 
-def init_distributed(cfg: TrainConfig) -> None:
+def init_distributed(cfg: RunConfig) -> None:
+    """Join the multi-host run `cfg.distributed` describes (no-op for one process)."""
     d = cfg.distributed
     if d.auto:
         jax.distributed.initialize()
@@ -48,30 +49,6 @@ def init_distributed(cfg: TrainConfig) -> None:
                              "and distributed.process_id")
         jax.distributed.initialize(d.coordinator_address, d.num_processes, d.process_id,
                                    local_device_ids=d.local_device_ids)
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it between steps."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def any_process(self) -> bool:
-        if jax.process_count() == 1:
-            return self.signal is not None
-        from jax.experimental import multihost_utils
-        flags = multihost_utils.process_allgather(np.int32(self.signal is not None))
-        return bool(np.any(flags))
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -113,9 +90,8 @@ def train(cfg: TrainConfig) -> dict:
                                 eval_sets=[(s.name or "data", s.dataset) for s in eval_sets])
 
     start = 0
-    latest = checkpointer.latest_step()
+    state, data_state, latest = resume(checkpointer, state)
     if latest is not None:
-        state, data_state, _ = checkpointer.restore(latest, state)
         start = dataset.restore(data_state)
         if start != latest:
             raise SolarError(f"checkpoint {latest} holds data position {start}; refusing to resume")
@@ -128,61 +104,39 @@ def train(cfg: TrainConfig) -> dict:
     evaluator = Evaluator(cfg, config, tokenizer, objective, eval_sets, shardings,
                           batch_sharding, rules)
     evaluated, logged = last_evaluation(run_dir)  # a resumed run does not repeat these
-    mixture_notes = getattr(dataset, "notes", None)
-    token_shares = getattr(dataset, "token_shares", None)
-    per_token = flops_per_token(config, cfg.seq_len)
-    peak = peak_flops_per_device(cfg.peak_tflops)
     writer = MetricsWriter(run_dir, tensorboard=cfg.tensorboard, progress=cfg.progress,
                            total_steps=cfg.steps, start_step=start,
                            is_main=jax.process_index() == 0)
-    stop = _StopFlag()
-    record: dict = {}
     evaluation: dict = logged if logged.get("step") == cfg.steps else {}
+
+    def evaluate(state, done):
+        # Before the checkpoint: a kill during evaluation resumes before this step and
+        # evaluates it then; an evaluation logged before a kill is not run again.
+        nonlocal evaluation
+        if evaluation_due(cfg, done) and done > evaluated:
+            evaluation = evaluator.run(state, done)
+            writer.write_eval(evaluation)
+
+    loop = StepLoop(step_fn, objective.host_batch, objective.batch_keys, batch_sharding,
+                    cfg.steps, checkpointer=checkpointer, checkpoint_every=cfg.checkpoint_every,
+                    data_state=dataset.state, run_record=run_record, writer=writer,
+                    log_every=cfg.log_every, labels={"objective": cfg.objective},
+                    extra_args=objective.extra_args,
+                    flops_per_token=flops_per_token(config, cfg.seq_len),
+                    peak_flops=peak_flops_per_device(cfg.peak_tflops),
+                    notes=getattr(dataset, "notes", None),
+                    record_extra=getattr(dataset, "token_shares", None), after_step=evaluate)
     try:
-        for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            if mixture_notes is not None:
-                for note in mixture_notes(step):
-                    writer.note(note)
-            local = objective.host_batch(step)
-            batch = state_lib.global_batch({k: local[k] for k in objective.batch_keys},
-                                           batch_sharding)
-            state, metrics = step_fn(state, batch, *objective.extra_args)
-            metrics = jax.device_get(metrics)
-            seconds = time.perf_counter() - t0
-            if not metrics.pop("finite"):
-                checkpointer.wait()
-                raise SolarError(f"non-finite loss or gradient at step {step + 1} "
-                                 f"(loss={float(metrics['loss'])}, "
-                                 f"grad_norm={float(metrics['grad_norm'])}); stopped, the last "
-                                 f"good checkpoint is step {checkpointer.latest_step()}")
-            tokens_per_sec = float(metrics["tokens"]) / seconds
-            record = {"step": step + 1, "objective": cfg.objective,
-                      **{k: float(v) for k, v in metrics.items()},
-                      "tokens_per_sec": tokens_per_sec, "step_time": seconds,
-                      "mfu": (per_token * tokens_per_sec / (peak * jax.device_count())
-                              if peak else None)}
-            if token_shares is not None:
-                record.update(token_shares(step))
-            done = step + 1
-            writer.write(record, show=done % cfg.log_every == 0 or done == cfg.steps)
-            # Before the checkpoint: a kill during evaluation resumes before this step and
-            # evaluates it then; an evaluation logged before a kill is not run again.
-            if evaluation_due(cfg, done) and done > evaluated:
-                evaluation = evaluator.run(state, done)
-                writer.write_eval(evaluation)
-            stopping = stop.any_process()
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
-                checkpointer.save(done, state, dataset.state(done), run_record, wait=stopping)
-            if stopping:
-                print(f"received signal: checkpoint written at step {done}; exiting", flush=True)
-                break
+        result = loop.run(state, start)
+        if result.stopped:
+            print(f"received signal: checkpoint written at step {result.done}; exiting",
+                  flush=True)
+        record = result.record
         checkpointer.wait()
         if jax.process_index() == 0 and record.get("step") == cfg.steps:
             final = {**record, **{k: v for k, v in evaluation.items() if k != "step"}}
             write_text_atomic(run_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n")
     finally:
-        stop.restore()
         writer.close()
         checkpointer.close()
     return record
