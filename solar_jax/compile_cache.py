@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from solar_jax.errors import SolarError
 
 ENV = "SOLAR_JAX_COMPILE_CACHE"
 DISABLED = ("off", "0", "none", "false")
@@ -58,7 +59,6 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
         usable = False
     if not usable:
         if explicit:
-            from solar_jax.errors import SolarError
             raise SolarError(f"compilation cache directory {target} is not writable "
                              f"(set {ENV}=off to run without it)")
         return None

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from solar_jax.chat_template import render_ids
+from solar_jax.checkpoint.gguf_source import GGUFSource
 from solar_jax.errors import SolarError
 
 
@@ -19,7 +20,6 @@ def load_tokenizer(path: str | Path):
 
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
-        from solar_jax.checkpoint.gguf_source import GGUFSource
         with tempfile.TemporaryDirectory() as tmp:
             GGUFSource(path).copy_extras(Path(tmp))
             return PreTrainedTokenizerFast.from_pretrained(tmp)

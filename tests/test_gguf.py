@@ -121,7 +121,7 @@ def test_smol_logits_and_greedy_tokens_match_transformers(smol_src, smol_hf, smo
     import torch
     from transformers import AutoTokenizer
 
-    from solar_jax.model.transformer import Model
+    from solar_jax.handle import Model
 
     tok = AutoTokenizer.from_pretrained(str(smol_exported))
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+from solar_jax.config import list_presets
 from solar_jax.config_io import apply_overrides, from_dict, load_yaml, rebase_paths
 from solar_jax.data import DataConfig
 from solar_jax.errors import SolarError
@@ -151,7 +152,6 @@ PATH_KEYS = ("model", "tokenizer", "reference_model", "data.path", "data.cache_d
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     data = load_yaml(path) if path else {}
     if path:
-        from solar_jax.config import list_presets
         data = rebase_paths(data, path, PATH_KEYS, names=list_presets())
     data = apply_overrides(data, list(overrides))
     config = from_dict(TrainConfig, data)

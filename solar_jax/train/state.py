@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.sources import open_source
-from solar_jax.config import ModelConfig
+from solar_jax.config import ModelConfig, list_presets
 from solar_jax.errors import SolarError
 from solar_jax.model.transformer import abstract_params, init_params, logical_axes
 from solar_jax.sharding import Rules, as_rules, param_shardings
@@ -35,7 +35,6 @@ def model_config_for(cfg: TrainConfig) -> tuple[ModelConfig, Path | None]:
             raise SolarError("model_overrides apply to presets only, not to a loaded checkpoint")
         base, source = open_source(path).config, path
     else:
-        from solar_jax.config import list_presets
         if cfg.model not in list_presets():
             raise SolarError(f"model {cfg.model!r} is neither an existing checkpoint nor a preset "
                              f"({', '.join(list_presets())})")
