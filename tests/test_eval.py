@@ -83,7 +83,7 @@ def test_loglikelihood_equals_full_forward_log_softmax(tiny):
 def test_packed_multiple_choice_equals_separate_forwards(tiny, monkeypatch):
     """Many contexts with several continuations each: packed several to a row, in two width
     classes and several batches, and one document over the packing cap scored per request."""
-    from solar_jax.eval import packing
+    from solar_jax.eval import packed_scoring as packing
 
     monkeypatch.setattr(packing, "PACK_WIDTH", 32)
     monkeypatch.setattr(packing, "MAX_PACKED_TOKENS", 45)
@@ -102,7 +102,7 @@ def test_packed_multiple_choice_equals_separate_forwards(tiny, monkeypatch):
 
 
 def test_pack_first_fit_decreasing():
-    from solar_jax.eval.packing import Doc, balanced_batches, pack
+    from solar_jax.eval.packed_scoring import Doc, balanced_batches, pack
 
     rng = np.random.default_rng(0)
     docs = [Doc((i,), tuple(range(int(n))), ((1,),)) for i, n in

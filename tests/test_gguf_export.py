@@ -24,6 +24,7 @@ from solar_jax.checkpoint.sources import open_source  # noqa: E402
 from solar_jax.cli import main  # noqa: E402
 from solar_jax.demo import smollm2_gguf  # noqa: E402
 from solar_jax.errors import SolarError  # noqa: E402
+from solar_jax.tree_paths import set_leaf  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 VOCAB = 320
@@ -265,7 +266,7 @@ def test_streams_one_tensor_at_a_time(tmp_path, tiny):
     src = open_source(tiny)
     params = {}
     for path in src.leaf_paths():
-        hf_names.set_leaf(params, path, src.read_leaf(path))
+        set_leaf(params, path, src.read_leaf(path))
     mem = MemorySource(src.config, params, extras_from=tiny)
     rules = hf_names.rules_for(src.config)
     names = [n for r in rules for n in hf_names.hf_names(r, src.config)]

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from solar_jax.config import ModelConfig
+from solar_jax.config import REMAT_POLICIES, ModelConfig
 from solar_jax.model.attention import attention
 from solar_jax.model.layers import MLP, Embedding, Projection, RMSNorm
 from solar_jax.model.rotary import apply_rotary, rotary_tables
@@ -82,11 +82,11 @@ class DecoderBlock(nnx.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    "save_qkv": jax.checkpoint_policies.save_only_these_names("qkv"),
-}
+def remat_policy(name: str):
+    """The jax.checkpoint_policies policy that solar_jax.config.REMAT_POLICIES names."""
+    member, *args = REMAT_POLICIES[name]
+    policy = getattr(jax.checkpoint_policies, member)
+    return policy(*args) if args else policy
 
 
 class CausalLM(nnx.Module):
@@ -121,7 +121,7 @@ class CausalLM(nnx.Module):
             return out, (h if collect else None)
 
         if self.config.remat != "none":
-            step = nnx.remat(step, policy=REMAT_POLICIES[self.config.remat],
+            step = nnx.remat(step, policy=remat_policy(self.config.remat),
                              prevent_cse=False)
         scan = nnx.scan(step, in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))
         x, inputs = scan(self.layers, x)
@@ -130,11 +130,18 @@ class CausalLM(nnx.Module):
             return normed, jnp.concatenate([inputs, x[None]], axis=0)
         return normed
 
-    def logits(self, hidden):
+    def head_weight(self):
+        """The output projection [hidden, vocab]: the embedding table, transposed, when the
+        embeddings are tied. The one place that choice is made (the losses take it from
+        here and build the logits chunk by chunk)."""
         if self.config.tie_word_embeddings:
-            return self.embed.attend(hidden)
-        kernel = self.lm_head.kernel[...].astype(hidden.dtype)
-        return jnp.einsum("bsh,hv->bsv", hidden, kernel, preferred_element_type=jnp.float32)
+            return self.embed.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def logits(self, hidden):
+        """Logits [B, S, vocab] in fp32."""
+        head = self.head_weight().astype(hidden.dtype)
+        return jnp.einsum("bsh,hv->bsv", hidden, head, preferred_element_type=jnp.float32)
 
     def __call__(self, input_ids, segment_ids=None, positions=None):
         return self.logits(self.hidden_states(input_ids, segment_ids, positions))

@@ -40,7 +40,7 @@ from solar_jax.model.transformer import bind
 from solar_jax.sharding import MeshJit
 from solar_jax.train import state as state_lib
 from solar_jax.train.eval_config import eval_data_config
-from solar_jax.train.loss import chunked_cross_entropy, lm_head_weight
+from solar_jax.train.loss import chunked_cross_entropy
 from solar_jax.train.step import BATCH_KEYS
 
 # Settings echoed in an eval results dict: not results, so not logged.
@@ -81,9 +81,10 @@ def build_eval_sets(cfg, tokenizer) -> list[EvalSet]:
 def make_lm_eval(config, *, grad_accum: int, chunk: int):
     """(params, batch) -> [nll_sum, correct_sum, weight_sum], forward only."""
     def sums(params, batch):
-        hidden = bind(config, params).hidden_states(batch["input_ids"], batch["segment_ids"],
-                                                    batch["positions"])
-        head = lm_head_weight(params, config.tie_word_embeddings)
+        model = bind(config, params)
+        hidden = model.hidden_states(batch["input_ids"], batch["segment_ids"],
+                                     batch["positions"])
+        head = model.head_weight()
         weights = batch["loss_weights"].astype(jnp.float32)
         nll, _, correct = chunked_cross_entropy(hidden, head, batch["targets"], weights,
                                                 chunk=chunk)
