@@ -1,7 +1,7 @@
 """A hostile user at the CLI (issue 18), part one: destinations that are, hold or sit
 inside an input, and an overwrite that replaces the old output only once the new one is
-complete. Every case asserts the inputs' bytes are unchanged, the exit status, a single stderr line,
-and nothing half-written.
+complete. Every case asserts the inputs' bytes are unchanged, the exit status, a single
+stderr line, and nothing half-written.
 """
 
 from __future__ import annotations

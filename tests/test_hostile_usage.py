@@ -1,6 +1,6 @@
 """A hostile user at the CLI (issue 18), part two: usage mistakes, flags that do nothing
-(a warning, not silence), chat commands, and paths in config files. Every case asserts the inputs' bytes are unchanged, the exit status, a single stderr line,
-and nothing half-written.
+(a warning, not silence), chat commands, and paths in config files. Every case asserts the
+exit status, a single stderr line, and nothing half-written.
 """
 
 from __future__ import annotations
