@@ -46,7 +46,7 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
     A directory that cannot be created or written is an error when it was asked for (the
     argument or $SOLAR_JAX_COMPILE_CACHE); the default one is then skipped silently, since
     a read-only home must not stop a command that runs fine without the cache."""
-    import jax
+    import jax  # on use: the CLI imports this module before it lets jax load
 
     explicit = path is not None or os.environ.get(ENV) is not None
     target = Path(path).expanduser() if path is not None else cache_dir()

@@ -16,7 +16,7 @@ from solar_jax.errors import SolarError
 
 def load_tokenizer(path: str | Path):
     """The HF fast tokenizer stored with a model (HF folder, solar-jax checkpoint, or GGUF)."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # on use: heavy, and optional for ids
 
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
