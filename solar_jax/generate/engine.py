@@ -166,8 +166,8 @@ def _decode(config: ModelConfig, sampler: Sampler, chunk: int, params, layers,
         model = bind(config, params)  # NNX modules may not cross into the loop's trace
         blocks = None if layers is None else [bind_block(config, p) for p in layers]
         hidden, cache = hidden_states_cached(
-            model, state.tokens[:, None], ones, state.positions[:, None], state.cache, state.index,
-            blocks=blocks)
+            model, state.tokens[:, None], ones, state.positions[:, None], state.cache,
+            state.index, blocks=blocks)
         logits = model.logits(hidden)[:, 0]
         token = sampler(logits, jax.random.fold_in(state.key, state.step))
         token = jnp.where(state.done, pad_id, token)

@@ -60,8 +60,8 @@ def chunked_cross_entropy(hidden, head, targets, weights, *, chunk: int, z_loss:
         return tuple(c + o for c, o in zip(carry, out)), None
 
     zero = jnp.zeros((), jnp.float32)
-    totals, _ = jax.lax.scan(body, (zero, zero, zero),
-                             sequence_chunks(hidden, targets, weights.astype(jnp.float32), chunk))
+    chunks = sequence_chunks(hidden, targets, weights.astype(jnp.float32), chunk)
+    totals, _ = jax.lax.scan(body, (zero, zero, zero), chunks)
     return totals
 
 
