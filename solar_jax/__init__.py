@@ -32,7 +32,7 @@ _EXPORTS = {
     "attention": "solar_jax.model.attention",
     "available_attention_impls": "solar_jax.model.attention",
     "register_attention": "solar_jax.model.attention",
-    "Model": "solar_jax.model.transformer", "abstract_params": "solar_jax.model.transformer",
+    "Model": "solar_jax.handle", "abstract_params": "solar_jax.model.transformer",
     "forward": "solar_jax.model.transformer", "init_params": "solar_jax.model.transformer",
     "logical_axes": "solar_jax.model.transformer",
     "load_tokenizer": "solar_jax.tokenizer",

@@ -6,15 +6,18 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from solar_jax import placement
+from solar_jax.checkpoint.gguf_source import GGUFSource
 from solar_jax.checkpoint.memory_source import MemorySource
-from solar_jax.checkpoint.output import FORMATS, write_source
 from solar_jax.checkpoint.output import check_gguf_options as _check_gguf_options
+from solar_jax.checkpoint.output import FORMATS, write_source
 from solar_jax.checkpoint.sources import open_source
 from solar_jax.checkpoint.writers import numpy_dtype
 from solar_jax.config import canonical_dtype
 from solar_jax.destination import check_destination
 from solar_jax.errors import SolarError
-from solar_jax.model.transformer import Model
+from solar_jax.handle import Model
+from solar_jax.tree_paths import get_leaf, set_leaf
 
 
 def load_model(path: str | Path, dtype: str | None = None, *, compute_dtype: str | None = None,
@@ -30,9 +33,6 @@ def load_model(path: str | Path, dtype: str | None = None, *, compute_dtype: str
     so no device holds the whole model; eval and generation then run sharded
     (solar_jax/placement.py).
     """
-    from solar_jax import placement
-    from solar_jax.checkpoint import hf_names
-
     mesh = placement.as_mesh(mesh)  # a bad mesh fails before anything is read
     source = open_source(path)
     param_dtype = canonical_dtype(dtype) if dtype else None
@@ -45,10 +45,10 @@ def load_model(path: str | Path, dtype: str | None = None, *, compute_dtype: str
         if shardings is None:
             value = jnp.asarray(array)
         else:
-            value = placement.place(array, hf_names.get_leaf(shardings, leaf))
-        hf_names.set_leaf(params, leaf, value)
+            value = placement.place(array, get_leaf(shardings, leaf))
+        set_leaf(params, leaf, value)
         del array
-    stored = str(hf_names.get_leaf(params, ("embed", "embedding")).dtype)
+    stored = str(get_leaf(params, ("embed", "embedding")).dtype)
     config = source.config.replace(
         param_dtype=stored, compute_dtype=canonical_dtype(compute_dtype) if compute_dtype else stored,
         **({"attention_impl": attention_impl} if attention_impl else {}),
@@ -95,8 +95,6 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "solar", dtype: str |
 
 
 def _with_gguf_extras(source: MemorySource, gguf_path: Path) -> MemorySource:
-    from solar_jax.checkpoint.gguf_source import GGUFSource
-
     gguf = GGUFSource(gguf_path)
     source.copy_extras = gguf.copy_extras  # tokenizer exported from the GGUF metadata
     return source

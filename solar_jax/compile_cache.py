@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from solar_jax.errors import SolarError
 
 ENV = "SOLAR_JAX_COMPILE_CACHE"
 DISABLED = ("off", "0", "none", "false")
@@ -45,7 +46,7 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
     A directory that cannot be created or written is an error when it was asked for (the
     argument or $SOLAR_JAX_COMPILE_CACHE); the default one is then skipped silently, since
     a read-only home must not stop a command that runs fine without the cache."""
-    import jax
+    import jax  # on use: the CLI imports this module before it lets jax load
 
     explicit = path is not None or os.environ.get(ENV) is not None
     target = Path(path).expanduser() if path is not None else cache_dir()
@@ -58,7 +59,6 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
         usable = False
     if not usable:
         if explicit:
-            from solar_jax.errors import SolarError
             raise SolarError(f"compilation cache directory {target} is not writable "
                              f"(set {ENV}=off to run without it)")
         return None

@@ -23,11 +23,15 @@ from solar_jax.arch.base import check_rope_scaling
 from solar_jax.errors import SolarError
 from solar_jax.resources import presets_dir
 
-DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "float32": "float32",
                  "bf16": "bfloat16", "bfloat16": "bfloat16",
                  "fp16": "float16", "f16": "float16", "float16": "float16"}
-REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv")
+# Remat policies of the layer scan: what the backward pass may keep rather than recompute,
+# as a jax.checkpoint_policies member and its arguments (looked up where the model applies
+# it, solar_jax.model.llama.remat_policy, so configs load without jax). "none": no remat.
+REMAT_POLICIES = {"none": None, "full": ("nothing_saveable",),
+                  "save_dots": ("checkpoint_dots_with_no_batch_dims",),
+                  "save_qkv": ("save_only_these_names", "qkv")}
 
 
 def canonical_dtype(name: str) -> str:

@@ -39,6 +39,9 @@ def smollm2_gguf() -> Path:
     return path
 
 
+# The stages import what they run when they run: smollm2_gguf() above is imported by light
+# callers (ablate's `model: smollm2-gguf` alias, the test suite's conftest) that must not
+# load the whole stack with it.
 def chat_answer(model_path: Path, prompt: str, max_new_tokens: int) -> str:
     from solar_jax.api import load_model
     from solar_jax.greedy import greedy_continue

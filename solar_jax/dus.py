@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Sequence
 
 from solar_jax import merge_methods
+from solar_jax.checkpoint.output import check_output
+from solar_jax.checkpoint.recipe_source import open_recipe, write_recipe
+from solar_jax.checkpoint.sources import open_source
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
+from solar_jax.recipes import InputSlice, OutputSlice, Recipe, load_recipe
 
 Range = tuple[int, int]
 
@@ -55,7 +59,7 @@ def upscale(params: dict, config: ModelConfig, ranges: Sequence[Sequence[int]]):
     concatenation of static slices of axis 0, so it works on numpy arrays, sharded device
     arrays and tracers inside jit alike.
     """
-    import jax
+    import jax  # on use: the file-to-file upscale below streams numpy and never needs it
     import jax.numpy as jnp
 
     ranges = check_ranges(ranges, config.num_layers)
@@ -85,11 +89,6 @@ def upscale_checkpoint(src: str | Path, dst: str | Path, *, m: int | None = None
     encoded by `quant`): SOLAR's recipe with `m`, or a mergekit passthrough `recipe` (SRC
     is the model of slices that name none). Everything is validated from headers before
     any tensor is read; tensors then stream one stacked leaf at a time."""
-    from solar_jax.checkpoint.output import check_output
-    from solar_jax.checkpoint.recipe_source import open_recipe, write_recipe
-    from solar_jax.checkpoint.sources import open_source
-    from solar_jax.recipes import InputSlice, OutputSlice, Recipe, load_recipe
-
     if (m is None) == (recipe is None):
         raise SolarError("give either --m (SOLAR's recipe) or --recipe RECIPE.yaml")
     check_output(to, dst, dtype=dtype, quant=quant, tokenizer=tokenizer)

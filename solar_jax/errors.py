@@ -4,6 +4,8 @@ The CLI prints `error: <message>` and exits with the error's `exit_code` (2, bad
 1 for DoesNotFit); anything else is a bug and keeps its traceback.
 """
 
+import warnings
+
 
 class SolarError(Exception):
     """A user-facing error (bad input, bad config, bad checkpoint)."""
@@ -20,7 +22,6 @@ class SolarWarning(UserWarning):
 
 
 def warn(message: str) -> None:
-    import warnings
     warnings.warn(SolarWarning(" ".join(str(message).split())), stacklevel=2)
 
 

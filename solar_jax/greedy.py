@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solar_jax.model.transformer import Model
+from solar_jax.handle import Model
 
 
 def greedy_continue(model: Model, prompt_ids: list[int], max_new_tokens: int,

@@ -56,7 +56,7 @@ def merge_params(params_list: Sequence[dict], method: str, *, base: dict | None 
     are merged layer by layer, as each layer is its own tensor in mergekit (this matters
     for slerp's and model_stock's angles and for ties' trimming).
     """
-    import jax
+    import jax  # on use: merge_checkpoints streams numpy and never needs it
 
     spec = merge_methods.get(method)
     if spec.stacks_layers:

@@ -22,7 +22,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 
 from solar_jax.errors import SolarError
-from solar_jax.sharding import MESH_AXES, make_mesh, param_shardings
+from solar_jax.model.transformer import abstract_params, logical_axes
+from solar_jax.sharding import MESH_AXES, make_mesh, mesh_context, param_shardings
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
@@ -53,7 +54,6 @@ def as_mesh(mesh: Mesh | dict | str | None, devices=None) -> Mesh | None:
 
 def leaf_shardings(config, mesh: Mesh, rules=None) -> dict:
     """NamedSharding per params leaf, from the shapes alone (nothing is allocated)."""
-    from solar_jax.model.transformer import abstract_params, logical_axes
     return param_shardings(abstract_params(config), logical_axes(config), mesh, rules)
 
 
@@ -66,7 +66,6 @@ def mesh_scope(mesh: Mesh | None):
     """The mesh in context while a program is traced and run (a no-op without one)."""
     if mesh is None:
         return contextlib.nullcontext()
-    from solar_jax.sharding import mesh_context
     return mesh_context(mesh)
 
 

@@ -26,6 +26,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from solar_jax.eval.scoring import _score_rows
+from solar_jax.generate.cache_attention import KVCache
+from solar_jax.generate.engine import (CACHE_AXES, DecodeState, _decode, _prefill, bucket,
+                                       prompt_bucket)
+from solar_jax.generate.sampling import Sampler
+from solar_jax.model.transformer import abstract_params
 from solar_jax.placement import leaf_shardings, mesh_scope
 from solar_jax.sharding import logical_to_spec
 
@@ -54,7 +60,6 @@ def _abstract(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
 
 def sharded_params(config, mesh: Mesh, rules=None) -> Any:
     """The params tree as sharded ShapeDtypeStructs (the layout load_model(mesh=) gives)."""
-    from solar_jax.model.transformer import abstract_params
     return jax.tree.map(lambda a, s: _abstract(a.shape, config.param_dtype, s),
                         abstract_params(config), leaf_shardings(config, mesh, rules))
 
@@ -68,8 +73,6 @@ def eval_program(config, mesh: Mesh, *, batch_size: int = 16, width: int | None 
                  span: int = 16, rules=None) -> Program:
     """Log-likelihood scoring of batch_size rows of `width` tokens (default: the model's
     context), `span` continuation tokens each."""
-    from solar_jax.eval.scoring import _score_rows
-
     width = width or config.max_position_embeddings
     args = (sharded_params(config, mesh, rules), _rows(mesh, rules, (batch_size, width)),
             _rows(mesh, rules, (batch_size,)), _rows(mesh, rules, (batch_size, span)),
@@ -81,11 +84,6 @@ def generate_programs(config, mesh: Mesh, *, batch_size: int = 1, prompt_len: in
                       max_new_tokens: int = 256, chunk: int = 16, sampler=None,
                       rules=None) -> list[Program]:
     """The prefill of prompt_len tokens and one decode call of `chunk` tokens."""
-    from solar_jax.generate.engine import (CACHE_AXES, DecodeState, _decode, _prefill,
-                                           bucket, prompt_bucket)
-    from solar_jax.generate.sampling import Sampler
-    from solar_jax.model.llama import KVCache
-
     sampler = sampler or Sampler()
     width = prompt_bucket(prompt_len)
     cache_len = bucket(width + max_new_tokens)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from solar_jax.checkpoint.solar_format import _read_run_record
 from solar_jax.errors import SolarError
 
 FORMATS = ("markdown", "csv", "json")
@@ -159,8 +160,6 @@ def _task_label(config: dict, task: str) -> str:
 
 def _run_config(path: Path) -> tuple[dict, int | None]:
     """(the run config saved with the latest checkpoint, that step); ({}, None) if none."""
-    from solar_jax.checkpoint.solar_format import _read_run_record
-
     root = path / "checkpoints"
     steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and
                     (p / "run").is_dir()), reverse=True) if root.is_dir() else []

@@ -31,6 +31,7 @@ from typing import Mapping
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from solar_jax.errors import SolarError
@@ -181,7 +182,6 @@ def resolve_mesh_shape(shape: Mapping[str, int] | None, num_devices: int,
 
 
 def _device_grid(ici: tuple[int, ...], dcn: tuple[int, ...], devices, num_slices: int):
-    from jax.experimental import mesh_utils
     full = tuple(a * b for a, b in zip(ici, dcn))
     for split in (False, True):  # keep physical axes whole where the shape allows it
         try:

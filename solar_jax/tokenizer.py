@@ -10,16 +10,16 @@ import tempfile
 from pathlib import Path
 
 from solar_jax.chat_template import render_ids
+from solar_jax.checkpoint.gguf_source import GGUFSource
 from solar_jax.errors import SolarError
 
 
 def load_tokenizer(path: str | Path):
     """The HF fast tokenizer stored with a model (HF folder, solar-jax checkpoint, or GGUF)."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # on use: heavy, and optional for ids
 
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
-        from solar_jax.checkpoint.gguf_source import GGUFSource
         with tempfile.TemporaryDirectory() as tmp:
             GGUFSource(path).copy_extras(Path(tmp))
             return PreTrainedTokenizerFast.from_pretrained(tmp)

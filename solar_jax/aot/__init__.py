@@ -14,20 +14,19 @@ FLOPs and (TPU) the compiler's step-time estimate (solar_jax.aot.report). The CL
 from __future__ import annotations
 
 
+from solar_jax.aot.programs import build_programs, model_config
 from solar_jax.aot.report import check_fit as _check_fit
 from solar_jax.aot.report import compile_program, format_table
 from solar_jax.aot.topology import GENERATIONS, Topology, compile_devices, parse_topology
 from solar_jax.errors import SolarError
+from solar_jax.sharding import make_mesh
+from solar_jax.train.state import rules_for
 
 
 def compile_for_topology(cfg, topology: str | None = None, *, num_slices: int = 1,
                          program: str = "train", log=None) -> dict:
     """Compile `cfg`'s programs for `topology` (default: the config's `topology` key);
     returns the report dict (every number of the table). `cfg` is a TrainConfig."""
-    from solar_jax.aot.programs import build_programs, model_config
-    from solar_jax.sharding import make_mesh
-    from solar_jax.train.state import rules_for
-
     name = topology or cfg.topology
     if not name:
         raise SolarError("no topology: pass --topology NAME or set `topology:` in the config")

@@ -17,12 +17,21 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from solar_jax.config import ModelConfig
+from solar_jax.checkpoint.sources import open_source
+from solar_jax.config import ModelConfig, list_presets
 from solar_jax.errors import SolarError
+from solar_jax.eval.scoring import _score_rows
+from solar_jax.generate.engine import _decode, _prefill, bucket, prompt_bucket
+from solar_jax.generate.sampling import Sampler
 from solar_jax.model.transformer import abstract_params, logical_axes
 from solar_jax.sharding import MeshJit, Rules, param_shardings, sharding_context
+from solar_jax.train import state as state_lib
 from solar_jax.train.config import TrainConfig
+from solar_jax.train.dpo import make_reference_fn
 from solar_jax.train.metrics import flops_per_token
+from solar_jax.train.objectives import dpo_keys, make_step
+from solar_jax.train.optimizer import make_optimizer, make_schedule
+from solar_jax.train.step import compile_train_step
 
 PROGRAMS = ("train", "eval", "generate")
 
@@ -41,10 +50,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     """The run's architecture, from the checkpoint's config file (no weights read), the
     preset it names, or the config's `architecture` preset where the checkpoint is not
     reachable from here (a gs:// path, a run not trained yet)."""
-    from solar_jax.config import list_presets
     path = Path(cfg.model)
     if "://" not in cfg.model and path.exists():
-        from solar_jax.checkpoint.sources import open_source
         if cfg.model_overrides:
             raise SolarError("model_overrides apply to presets only, not to a loaded checkpoint")
         base = open_source(path).config
@@ -91,11 +98,6 @@ def abstract_model_params(config: ModelConfig, mesh: Mesh, rules: Rules, dtype=N
 
 
 def train_programs(cfg: TrainConfig, config: ModelConfig, mesh: Mesh, rules: Rules) -> list:
-    from solar_jax.train import state as state_lib
-    from solar_jax.train.objectives import dpo_keys, make_step
-    from solar_jax.train.optimizer import make_optimizer, make_schedule
-    from solar_jax.train.step import compile_train_step
-
     optimizer, schedule = make_optimizer(cfg), make_schedule(cfg)
     state = state_lib.abstract_state(config, optimizer, mesh, rules)
     step_fn, keys = make_step(cfg, config, optimizer, schedule)
@@ -117,7 +119,6 @@ def train_programs(cfg: TrainConfig, config: ModelConfig, mesh: Mesh, rules: Rul
                         shapes)]
     if cfg.objective == "dpo" and not live:
         # The one pass of the reference over the data before training (reference_table).
-        from solar_jax.train.dpo import make_reference_fn
         ref_fn = MeshJit(jax.jit(make_reference_fn(config, chunk=cfg.loss_chunk)), mesh, rules)
         ref_batch = _batch(dpo_keys(), cfg.batch_size, cfg.seq_len, batch_sharding)
         programs.append(Program("reference", lambda: ref_fn.lower(state["params"], ref_batch),
@@ -130,7 +131,6 @@ def eval_programs(cfg: TrainConfig, config: ModelConfig, mesh: Mesh, rules: Rule
     """`solar-jax eval`'s scoring forward (eval.scoring._score_rows) over batch_size rows
     of seq_len tokens, every position scored (a perplexity window), weights in the compute
     dtype (as `eval --dtype` loads them), tensor parallel by the rules."""
-    from solar_jax.eval.scoring import _score_rows
     params = abstract_model_params(config, mesh, rules, config.compute_dtype)
     rows = rules.batch_sharding(mesh)
     spec = rows.spec[0]
@@ -160,8 +160,6 @@ def generate_programs(cfg: TrainConfig, config: ModelConfig, mesh: Mesh, rules: 
     """`solar-jax generate`'s two programs: prefill of batch_size prompts (prompt_len
     tokens, default half of seq_len) and the decode loop (chunk tokens per call) with a
     KV cache for prompt_len + max_new_tokens."""
-    from solar_jax.generate.engine import _decode, _prefill, bucket, prompt_bucket
-    from solar_jax.generate.sampling import Sampler
     params = abstract_model_params(config, mesh, rules, config.compute_dtype)
     prompt_len = prompt_len or max(16, cfg.seq_len // 2)
     max_new_tokens = max_new_tokens or max(1, cfg.seq_len - prompt_len)

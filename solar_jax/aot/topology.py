@@ -18,6 +18,8 @@ import os
 import re
 
 from solar_jax.errors import SolarError
+from solar_jax.resources import resource_path
+from solar_jax.startup_platform import _tpu_chips_present
 
 GiB = 1024 ** 3
 
@@ -153,7 +155,6 @@ def _quiet_deviceless_libtpu(topology: Topology) -> None:
     process holding the chips) would make it fail. Give it what it asks for; none of it
     affects a compile-only client, which never opens a chip. On a TPU VM the real
     accelerator type and hosts are left to libtpu."""
-    from solar_jax.startup_platform import _tpu_chips_present
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if _tpu_chips_present():
         return
@@ -166,7 +167,7 @@ def _quiet_deviceless_libtpu(topology: Topology) -> None:
 
 def compile_devices(topology: Topology) -> list:
     """The topology's compile-only devices (slice-major; TPU devices carry slice_index)."""
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # on use: only ahead-of-time compiles need it
     g = topology.generation
     if not have_packages(g.platform):
         raise SolarError(missing_packages_message(g.platform))
@@ -180,7 +181,6 @@ def compile_devices(topology: Topology) -> list:
                 chip_config_name=g.chip_config, chips_per_host_bounds=host,
                 num_slices=topology.num_slices)
         else:
-            from solar_jax.resources import resource_path
             text = resource_path("gpu_targets", g.target_config).read_text()
             hosts, per_host = topology.shape
             desc = topologies.get_topology_desc(platform="cuda", target_config=text,

@@ -11,8 +11,9 @@ import numpy as np
 
 from solar_jax.arch.base import Param
 from solar_jax.config import ModelConfig
-
-Path = tuple[str, ...]
+# Re-exported for solar_format.py alone, whose call sites move to tree_paths once it is
+# free to edit; everything else imports them from solar_jax.tree_paths.
+from solar_jax.tree_paths import Path, get_leaf, leaf_name, set_leaf  # noqa: F401
 Rule = Param  # a row of the parameter table
 
 
@@ -40,17 +41,3 @@ def to_hf(rule: Rule, array: np.ndarray) -> np.ndarray:
     return rule.to_hf(array)
 
 
-def get_leaf(tree: dict, path: Path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def set_leaf(tree: dict, path: Path, value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def leaf_name(path: Path) -> str:
-    return "/".join(path)

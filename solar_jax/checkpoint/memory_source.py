@@ -8,9 +8,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.sources import TOKENIZER_FILES, ParamSource
 from solar_jax.config import ModelConfig
+from solar_jax.tree_paths import get_leaf
 
 
 class MemorySource(ParamSource):
@@ -23,12 +23,12 @@ class MemorySource(ParamSource):
         self._tokenizer = tokenizer
 
     def leaf_spec(self, path):
-        leaf = hf_names.get_leaf(self.params, path)
+        leaf = get_leaf(self.params, path)
         return tuple(leaf.shape), np.dtype(leaf.dtype)
 
     def read_leaf(self, path, layers=None):
         # device_get gathers a sharded array to host; one leaf at a time.
-        array = np.asarray(jax.device_get(hf_names.get_leaf(self.params, path)))
+        array = np.asarray(jax.device_get(get_leaf(self.params, path)))
         return array if layers is None else array[np.asarray(layers)]
 
     def input_paths(self) -> list[Path]:

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from solar_jax.destination import write_text_atomic
+
 
 def register(sub) -> None:
     p = sub.add_parser("compile", help="compile a run for a TPU/GPU topology and check it fits")
@@ -39,10 +41,7 @@ def _host_cpu_only() -> None:
 
 
 def write_report(report: dict, out: str) -> None:
-    path = Path(out)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(out, json.dumps(report, indent=2, default=str) + "\n")
 
 
 def run(args) -> None:

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from solar_jax.destination import write_text_atomic
+
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="the paper-style table of runs and merges: data, steps, "
@@ -22,6 +24,4 @@ def run(args) -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+        write_text_atomic(out, text + "\n")

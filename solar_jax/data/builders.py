@@ -7,6 +7,11 @@
 from __future__ import annotations
 
 from solar_jax.data.config import PREFERENCE_FORMATS, PRETRAIN_FORMATS, SFT_FORMATS, DataConfig
+from solar_jax.data.mixture import MixtureDataset, packed_source, pair_source, source_seed
+from solar_jax.data.pipeline import build_pretrain_dataset
+from solar_jax.data.preference import build_preference_dataset
+from solar_jax.data.sft import build_sft_dataset
+from solar_jax.data.sources import expand_paths
 from solar_jax.errors import SolarError
 
 OBJECTIVE_FORMATS = {"lm": PRETRAIN_FORMATS, "sft": SFT_FORMATS, "dpo": PREFERENCE_FORMATS}
@@ -29,12 +34,9 @@ def check_formats(objective: str, cfg: DataConfig, key: str = "data") -> None:
 
 def _single(objective: str):
     if objective == "sft":
-        from solar_jax.data.sft import build_sft_dataset
         return build_sft_dataset
     if objective == "dpo":
-        from solar_jax.data.preference import build_preference_dataset
         return build_preference_dataset
-    from solar_jax.data.pipeline import build_pretrain_dataset
     return build_pretrain_dataset
 
 
@@ -43,9 +45,6 @@ def build_source_datasets(objective: str, cfg: DataConfig, tokenizer, *, seq_len
                           process_count: int = 1) -> list[tuple]:
     """[(MixtureSource, dataset)] for each source of a mixture, each with its own seed.
     Every source's files are checked before any is tokenized."""
-    from solar_jax.data.mixture import source_seed
-    from solar_jax.data.sources import expand_paths
-
     sources = cfg.sources
     for source in sources:
         try:
@@ -76,7 +75,6 @@ def build_dataset_for(objective: str, cfg: DataConfig, tokenizer, *, seq_len: in
                   process_index=process_index, process_count=process_count)
     if cfg.mixture is None:
         return _single(objective)(cfg, tokenizer, **kwargs)
-    from solar_jax.data.mixture import MixtureDataset, packed_source, pair_source
     wrap = pair_source if objective == "dpo" else packed_source
     rows = [wrap(source.name, source.weight, ds)
             for source, ds in build_source_datasets(objective, cfg, tokenizer, **kwargs)]

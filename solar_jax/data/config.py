@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 from solar_jax.chat_template import TEMPLATE_NAMES
+from solar_jax.data.mixture_config import mixture_sources
 from solar_jax.errors import SolarError
 
 PRETRAIN_FORMATS = ("text", "jsonl", "parquet")
@@ -102,7 +103,6 @@ class DataConfig:
             if self.path or self.limit is not None or self.fraction is not None:
                 raise SolarError("data.mixture names its sources' paths (and limits): remove "
                                  "data.path, data.limit and data.fraction beside it")
-            from solar_jax.data.mixture_config import mixture_sources
             mixture_sources(self)  # every source's keys, weights and names, checked now
 
     @property
@@ -110,7 +110,6 @@ class DataConfig:
         """The mixture's sources (MixtureSource: name, weight, data), or None."""
         if self.mixture is None:
             return None
-        from solar_jax.data.mixture_config import mixture_sources
         return mixture_sources(self)
 
     @property

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from solar_jax.data.packing import pack_rows, row_loss_tokens
 from solar_jax.errors import SolarError
 
 STATE_VERSION = 1
@@ -104,7 +105,6 @@ class RowSource:
 
 def packed_source(name: str, weight: float, dataset) -> RowSource:
     """A PretrainDataset (lm or sft) as a mixture source."""
-    from solar_jax.data.packing import pack_rows, row_loss_tokens
     return RowSource(name, weight, dataset, dataset.row_order,
                      lambda ids: pack_rows(dataset.stream, dataset.layout, ids),
                      row_loss_tokens(dataset.stream, dataset.layout))

@@ -64,9 +64,10 @@ def _label(index: int, raw: dict) -> str:
 
 
 def mixture_sources(cfg) -> list[MixtureSource]:
-    """The sources of `cfg.mixture` (a DataConfig), validated; see the module docstring."""
-    from solar_jax.data.config import DataConfig
-
+    """The sources of `cfg.mixture` (a DataConfig), validated; see the module docstring.
+    Each source is built as another of cfg's own class: DataConfig validates its mixture by
+    calling this, so the class comes with the argument rather than an import."""
+    DataConfig = type(cfg)
     if not isinstance(cfg.mixture, list) or not cfg.mixture:
         raise SolarError("data.mixture must be a non-empty list of sources")
     fields = [f.name for f in dataclasses.fields(DataConfig) if f.name != "mixture"]

@@ -14,14 +14,10 @@ import gzip
 import io
 import json
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from solar_jax.errors import SolarError
-
-# A paragraph ends at one or more blank lines; the next paragraph keeps its indentation.
-_BLANK_LINES = re.compile(r"\n(?:[ \t\r]*\n)+")
 
 
 def expand_paths(patterns: Sequence[str]) -> list[str]:

@@ -14,6 +14,7 @@ import numpy as np
 from solar_jax.errors import SolarError, warn
 from solar_jax.eval.scoring import Scorer
 from solar_jax.eval.tasks import TASKS, GenDoc, MCDoc, load_docs, read_texts, task_spec
+from solar_jax.generate import end_token_ids, generate, model_tokenizer
 
 class Progress:
     """A one-line progress bar on stderr (no dependency; silent when disabled)."""
@@ -105,8 +106,6 @@ def normalize_answer(text: str) -> str:
 
 def _generation(docs: list[GenDoc], model, tokenizer, batch_size: int, max_gen_tokens: int,
                 max_length: int, progress: Progress) -> tuple[dict, list]:
-    from solar_jax.generate import end_token_ids, generate
-
     stops = tuple(dict.fromkeys(GSM8K_STOPS + ((tokenizer.eos_token,)
                                                if tokenizer.eos_token else ())))
     # lm-eval keeps the last max_length - max_gen_toks tokens of the context.
@@ -165,8 +164,6 @@ def evaluate(model, task: str, data: str | Path, *, limit: int | None = None,
              tokenizer=None, progress: bool = False) -> dict:
     """Run `task` on the records in `data`; returns the results dict (metrics by name,
     `task`, `n`, settings, and `samples`: every question with its scores)."""
-    from solar_jax.generate import model_tokenizer
-
     spec = task_spec(task)
     if limit is not None and limit < 1:
         raise SolarError(f"limit must be at least 1, got {limit}")

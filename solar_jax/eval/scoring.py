@@ -17,7 +17,7 @@ Two batched, jitted paths compute exactly those numbers:
 * packed rows (every request that fits whole): requests are grouped by context, and a
   context with all its continuations is one document of a packed row. The context runs
   once, and an attention mask keeps each continuation from seeing the others
-  (solar_jax.eval.packing). For multiple choice with short answers this divides the work
+  (solar_jax.eval.packed_scoring). For multiple choice with short answers this divides the work
   by the number of choices, and packing leaves almost no padding;
 * plain rows (requests cut to max_length, documents over the packing cap): one
   right-padded row each; padding sits after the real tokens, so the causal mask alone
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from solar_jax.errors import SolarError
-from solar_jax.eval.packing import MAX_PACKED_TOKENS, Doc, score_docs, token_logprobs
+from solar_jax.eval.packed_scoring import MAX_PACKED_TOKENS, Doc, score_docs, token_logprobs
 from solar_jax.generate.engine import bucket
 from solar_jax.model.transformer import bind
 from solar_jax.placement import model_scope

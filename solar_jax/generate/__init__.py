@@ -17,6 +17,7 @@ from solar_jax.errors import SolarError, warn
 from solar_jax.generate.engine import Decoder, bucket
 from solar_jax.generate.sampling import Sampler
 from solar_jax.generate.text import RowText
+from solar_jax.tokenizer import load_tokenizer
 
 __all__ = ["Completion", "Sampler", "generate", "end_token_ids", "model_tokenizer", "bucket"]
 
@@ -33,7 +34,6 @@ def model_tokenizer(model):
     if model.tokenizer is None:
         if model.source is None:
             raise SolarError("this model has no tokenizer; set model.tokenizer or pass token ids")
-        from solar_jax.tokenizer import load_tokenizer
         model.tokenizer = load_tokenizer(model.source)
     return model.tokenizer
 

@@ -41,10 +41,11 @@ import numpy as np
 
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
+from solar_jax.generate.cache_attention import KVCache, hidden_states_cached
 from solar_jax.generate.sampling import Sampler
-from solar_jax.model.llama import KVCache
 from solar_jax.model.transformer import bind, bind_block
 from solar_jax.placement import model_scope
+from solar_jax.sharding import logical_to_spec
 
 
 class DecodeState(NamedTuple):
@@ -124,8 +125,6 @@ def _constrain(cache: KVCache) -> KVCache:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return cache
-    from solar_jax.sharding import logical_to_spec
-
     def constrain(x, axes):
         spec = logical_to_spec(axes, None, mesh, x.shape)
         return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
@@ -144,7 +143,7 @@ def _prefill(config: ModelConfig, sampler: Sampler, cache_len: int, per_layer: b
     segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
     positions = jnp.maximum(slots - pad[:, None], 0)
     model = bind(config, params)
-    hidden, cache = model.hidden_states_cached(input_ids, segment_ids, positions, cache, 0)
+    hidden, cache = hidden_states_cached(model, input_ids, segment_ids, positions, cache, 0)
     logits = model.logits(hidden[:, -1:])[:, 0]
     first = sampler(logits, jax.random.fold_in(key, 0))
     if per_layer:
@@ -166,9 +165,9 @@ def _decode(config: ModelConfig, sampler: Sampler, chunk: int, params, layers,
         state, out, i = carry
         model = bind(config, params)  # NNX modules may not cross into the loop's trace
         blocks = None if layers is None else [bind_block(config, p) for p in layers]
-        hidden, cache = model.hidden_states_cached(
-            state.tokens[:, None], ones, state.positions[:, None], state.cache, state.index,
-            blocks=blocks)
+        hidden, cache = hidden_states_cached(
+            model, state.tokens[:, None], ones, state.positions[:, None], state.cache,
+            state.index, blocks=blocks)
         logits = model.logits(hidden)[:, 0]
         token = sampler(logits, jax.random.fold_in(state.key, state.step))
         token = jnp.where(state.done, pad_id, token)

@@ -31,7 +31,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from solar_jax.errors import SolarError
+from solar_jax.kernels import flash_attention
 from solar_jax.kernels.blocks import BlockSizes
+from solar_jax.model.attention import resolve_impl
+from solar_jax.platform import target
+from solar_jax.resources import resource_path
 
 # The smallest slice of each generation: topology name, chip config, chips per host.
 TPU_TARGETS = {
@@ -46,7 +50,7 @@ FIX = "run `make test`, which installs the test extras (jax[tpu], the CUDA plugi
 
 def devices(target: str) -> list:
     """Compile-only devices of one host of `target` (a key of TPU_TARGETS or GPU_TARGETS)."""
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # on use: only ahead-of-time compiles need it
 
     if target in TPU_TARGETS:
         try:
@@ -63,7 +67,6 @@ def devices(target: str) -> list:
             import jax_plugins.xla_cuda12  # noqa: F401
         except ImportError as e:
             raise SolarError(f"compiling for GPU {target} needs the CUDA plugin: {FIX}") from e
-        from solar_jax.resources import resource_path
         config = resource_path("gpu_targets", GPU_TARGETS[target]).read_text()
         return list(topologies.get_topology_desc(
             platform="cuda", target_config=config, topology="1x1x8").devices)
@@ -93,7 +96,6 @@ def _program(case: Case):
     blocks = BlockSizes(*case.blocks) if case.blocks else None
 
     def forward(q, k, v, seg):
-        from solar_jax.kernels import flash_attention
         seg = seg if case.segments else None
         return flash_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg,
                                causal=case.causal, sliding_window=case.window,
@@ -114,9 +116,6 @@ KERNEL_CALL = {"tpu": "tpu_custom_call", "gpu": "__gpu$xla.gpu.triton"}
 
 def compile_case(case: Case, target_devices) -> dict:
     """Lower and compile `case` for the first of `target_devices`; the compiler's verdict."""
-    from solar_jax.model.attention import resolve_impl
-    from solar_jax.platform import target
-
     mesh = Mesh(np.asarray(target_devices[:1]), ("x",))
     sharding = NamedSharding(mesh, PartitionSpec())
     dtype = jnp.dtype(case.dtype)

@@ -12,6 +12,7 @@ import dataclasses
 import math
 
 from solar_jax.errors import SolarError
+from solar_jax.platform import target
 
 # TPU vregs are (8 sublanes x 128 lanes) of 32-bit words. Key tiles sit on the lane axis of
 # the forward/dQ score tiles and query tiles on the lane axis of the (transposed) dK/dV
@@ -102,5 +103,4 @@ def default_block_sizes(backend: str, *, interpret: bool) -> BlockSizes:
         return INTERPRET_DEFAULT
     if backend == "gpu":
         return GPU_DEFAULT
-    from solar_jax.platform import target
     return TPU_PRESETS.get(target().tpu_generation, TPU_DEFAULT)

@@ -62,7 +62,7 @@ def _shard_map(fn, mesh, in_specs, out_specs):
     if hasattr(jax, "shard_map"):
         return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                              check_vma=False)
-    from jax.experimental.shard_map import shard_map
+    from jax.experimental.shard_map import shard_map  # older jax: no jax.shard_map yet
     return shard_map(fn, mesh, in_specs, out_specs, check_rep=False)
 
 

@@ -13,8 +13,10 @@ Masking is defined once, here, for every implementation:
   One row then holds a context followed by several continuations of it, each scored as if
   it alone followed the context (multiple-choice scoring; the XLA math computes it).
 
-Positions default to 0..len-1. Keys take `kv_positions`/`kv_segment_ids` when given (a KV
-cache), else the query's own, so plain self-attention needs neither.
+Positions default to 0..len-1. Keys take `kv_positions`/`kv_segment_ids` when given, else
+the query's own, so plain self-attention needs neither. Attention over a KV cache belongs
+to generation (solar_jax.generate.cache_attention), which reuses the mask and the XLA
+math below.
 
 Kernels register themselves with `register_attention(name, fn)`; "auto" picks the best one
 registered for the current backend and falls back to the XLA reference.
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 
 from solar_jax.errors import SolarError
 from solar_jax.numerics import MASK_VALUE
+from solar_jax.platform import target
 
 
 class AttentionFn(Protocol):
@@ -58,7 +61,6 @@ def resolve_impl(impl: str) -> str:
     if impl == "auto":
         # The platform the program is for (the mesh in context), which differs from the
         # host's when compiling ahead of time for an absent TPU.
-        from solar_jax.platform import target
         platform = target().platform
         return next(n for n in _AUTO_ORDER.get(platform, ["xla"]) if n in _IMPLS)
     if impl not in _IMPLS:
@@ -131,28 +133,6 @@ def xla_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_pos
                                 scale=scale)
 
 
-def slot_causal_attention(q, k, v, segment_ids, positions, *, sliding_window, scale=None,
-                          block: int = 256):
-    """Causal self-attention (XLA math) that skips the key blocks after each query block.
-
-    Valid only where no query may see a key at a later slot, i.e. positions increase with
-    the slot inside each segment (left-padded prompts, packed documents). Padding queries
-    (segment 0) then see fewer padding keys than `attention` would let them, which changes
-    only their own, unused outputs. Queries go in blocks of `block`; block i scores keys
-    [0, (i + 1) * block), about half the [S, S] scores and softmax work for long S."""
-    b, s, heads, d = q.shape
-    scale = d ** -0.5 if scale is None else scale
-    outs = []
-    for start in range(0, s, block):
-        end = min(start + block, s)
-        mask = attention_mask(segment_ids[:, start:end], segment_ids[:, :end],
-                              positions[:, start:end], positions[:, :end], causal=True,
-                              sliding_window=sliding_window)
-        outs.append(head_major_attention(q[:, start:end], k[:, :end].transpose(0, 2, 1, 3),
-                                         v[:, :end].transpose(0, 2, 1, 3), mask, scale=scale))
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-
-
 def head_major_attention(q, k, v, mask, *, scale):
     """XLA attention with K/V in head-major layout [batch, kv_heads, kv_len, head_dim] and
     a boolean mask [batch, q_len, kv_len]; q is [batch, q_len, heads, head_dim].
@@ -164,17 +144,17 @@ def head_major_attention(q, k, v, mask, *, scale):
     b, q_len, heads, d = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     group = heads // kv_heads
-    qt = _fold_groups(q, kv_heads)
+    qt = fold_query_groups(q, kv_heads)
     scores = jnp.einsum("bhqd,bhkd->bhqk", qt, k, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, kv_heads, group, q_len, kv_len) * scale
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bhkd->bhqd", probs.reshape(b, kv_heads, group * q_len, kv_len), v,
                      preferred_element_type=jnp.float32)
-    return _unfold_groups(out, q)
+    return unfold_query_groups(out, q)
 
 
-def _fold_groups(q, kv_heads):
+def fold_query_groups(q, kv_heads):
     """[batch, q_len, heads, d] -> [batch, kv_heads, group * q_len, d]: the query heads
     sharing a KV head become rows of one matmul against it."""
     b, q_len, heads, d = q.shape
@@ -183,51 +163,12 @@ def _fold_groups(q, kv_heads):
             .reshape(b, kv_heads, group * q_len, d))
 
 
-def _unfold_groups(out, q):
-    """The inverse of _fold_groups for the attention output, in q's shape and dtype."""
+def unfold_query_groups(out, q):
+    """The inverse of fold_query_groups for the attention output, in q's shape and dtype."""
     b, q_len, heads, d = q.shape
     kv_heads = out.shape[1]
     out = out.reshape(b, kv_heads, heads // kv_heads, q_len, d).transpose(0, 3, 1, 2, 4)
     return out.reshape(b, q_len, heads, d).astype(q.dtype)
-
-
-def cache_step_attention(q, k_cache, v_cache, cache_mask, k_new, v_new, new_mask, *, scale):
-    """Attention of new tokens over a KV cache *as it was before this step* plus their own
-    keys: one softmax over both parts, so it equals head_major_attention over the updated
-    cache. k_cache [batch, kv_heads, head_dim, max_len] (keys transposed: q @ K is then a
-    plain matmul, twice as fast as q @ K^T on XLA:CPU), v_cache [batch, kv_heads, max_len,
-    head_dim], cache_mask [batch, q_len, max_len] (slots the step is about to write must be
-    False); k_new/v_new [batch, q_len, kv_heads, head_dim] with new_mask [batch, q_len,
-    q_len].
-
-    Why not write first and attend over the written cache: then the cache update has two
-    readers (the attention and the next step), and XLA:CPU fused a second copy of the
-    update into the attention's read, copying the layer's whole cache every step (19 ms of
-    a 60 ms step at batch 1 with a 1,536-slot cache). Reading the old cache leaves the
-    update a single in-place write."""
-    b, q_len, heads, d = q.shape
-    kv_heads = k_cache.shape[1]
-    group = heads // kv_heads
-    qt = _fold_groups(q, kv_heads)
-    k_new, v_new = k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3)
-
-    def scores(keys_t, mask):
-        out = jnp.einsum("bhqd,bhdk->bhqk", qt, keys_t, preferred_element_type=jnp.float32)
-        out = out.reshape(b, kv_heads, group, q_len, keys_t.shape[3]) * scale
-        return jnp.where(mask[:, None, None, :, :], out, MASK_VALUE)
-
-    old, new = scores(k_cache, cache_mask), scores(k_new.swapaxes(2, 3), new_mask)
-    top = jnp.maximum(old.max(-1, keepdims=True), new.max(-1, keepdims=True))
-    old, new = jnp.exp(old - top), jnp.exp(new - top)
-    total = old.sum(-1, keepdims=True) + new.sum(-1, keepdims=True)
-
-    def mix(weights, values):
-        weights = weights.reshape(b, kv_heads, group * q_len, -1).astype(values.dtype)
-        return jnp.einsum("bhqk,bhkd->bhqd", weights, values,
-                          preferred_element_type=jnp.float32)
-
-    out = (mix(old, v_cache) + mix(new, v_new)).reshape(b, kv_heads, group, q_len, d) / total
-    return _unfold_groups(out.reshape(b, kv_heads, group * q_len, d), q)
 
 
 def cudnn_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_positions,

@@ -96,7 +96,3 @@ class Embedding(nnx.Module):
     def __call__(self, input_ids):
         return jnp.take(self.embedding[...], input_ids, axis=0).astype(self.compute_dtype)
 
-    def attend(self, x):
-        """Tied LM head: logits against the embedding matrix, accumulated in fp32."""
-        table = self.embedding[...].astype(self.compute_dtype)
-        return jnp.einsum("bsh,vh->bsv", x, table, preferred_element_type=jnp.float32)

@@ -21,48 +21,15 @@ Parameter tree (the `params` pytree every part of solar-jax shares):
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from solar_jax.config import ModelConfig
-from solar_jax.model.attention import (attention, attention_mask, cache_step_attention,
-                                       slot_causal_attention)
+from solar_jax.config import REMAT_POLICIES, ModelConfig
+from solar_jax.model.attention import attention
 from solar_jax.model.layers import MLP, Embedding, Projection, RMSNorm
 from solar_jax.model.rotary import apply_rotary, rotary_tables
-
-
-class KVCache(NamedTuple):
-    """Preallocated keys and values for incremental decoding.
-
-    k: [layers, batch, kv_heads, head_dim, max_len]; v: [layers, batch, kv_heads, max_len,
-    head_dim]. Stacked on the layer axis like the params, so the layer scan carries the
-    whole cache and each layer updates its own slice in place. Laid out so a decode step's
-    two products are plain (non-transposed) batched matmuls, q @ K and p @ V: the
-    [.., max_len, kv_heads, ..] layout made XLA transpose the layer's whole cache on every
-    step (28% slower at batch 8 with 1,000-token prompts), and keys stored [max_len,
-    head_dim] made XLA:CPU's q @ K^T take twice as long as p @ V (benchmarks/RESULTS.md).
-    The unrolled CPU decode holds k and v as tuples of per-layer arrays instead
-    (solar_jax.generate.engine).
-    segment_ids and positions ([batch, max_len], shared by all layers) describe each slot
-    for the attention mask: segment 0 marks an empty or padding slot, which is never
-    attended, and positions are the rotary positions the keys were written with.
-    """
-    k: jax.Array
-    v: jax.Array
-    segment_ids: jax.Array
-    positions: jax.Array
-
-    @classmethod
-    def init(cls, config: ModelConfig, batch: int, max_len: int) -> "KVCache":
-        values = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
-        keys = values[:3] + (config.head_dim, max_len)
-        dtype = jnp.dtype(config.compute_dtype)
-        return cls(jnp.zeros(keys, dtype), jnp.zeros(values, dtype),
-                   jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((batch, max_len), jnp.int32))
 
 
 class Attention(nnx.Module):
@@ -78,74 +45,24 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(config, d, rngs=rngs)
             self.k_norm = RMSNorm(config, d, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids, positions, cache: KVCache | None = None,
-                 layer=None, index=None, branch_ids=None):
+    def project(self, x, cos, sin):
+        """Queries, keys and values [B, S, heads|kv_heads, head_dim] of x, rotated (and
+        normed per head first where the family has q/k norms); generation's KV-cache
+        attention (solar_jax.generate.cache_attention) starts from these too."""
         q, k = self.q_proj(x), self.k_proj(x)
         if self.config.arch.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
         v = self.v_proj(x)
-        q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
-        if cache is None:
-            out = attention(q, k, v, segment_ids, positions, causal=True,
-                            sliding_window=self.config.sliding_window,
-                            impl=self.config.attention_impl, branch_ids=branch_ids)
-            return self.o_proj(out)
-        # Attend over the whole preallocated cache plus this step's keys, then write them at
-        # slots [index, index + seq) of this layer. Empty slots carry segment 0 and the
-        # mask (defined on positions) hides them, so one compiled shape serves every step.
-        # Always the XLA math: a prefill or decode step is a few query rows against a long
-        # cache, which fused training kernels do not target (and cuDNN takes no segments).
-        window = self.config.sliding_window
-        if isinstance(index, int) and index == 0:
-            # A prefill into an empty cache: every slot past the new tokens is empty, so
-            # attending over the new tokens alone gives the same numbers without scoring
-            # [S, max_len] (the cache is usually 1.5x longer than the prompt); prompts are
-            # left-padded, so no token sees a later slot and later key blocks are skipped.
-            out = slot_causal_attention(q, k, v, segment_ids, positions,
-                                        sliding_window=window)
-        else:
-            # The cache as it was before this step (its slots [index, index + seq) hidden)
-            # plus this step's own keys; see cache_step_attention.
-            slots = jnp.arange(cache.segment_ids.shape[1])
-            stale = (slots >= index) & (slots < index + x.shape[1])
-            cache_mask = attention_mask(segment_ids, cache.segment_ids, positions,
-                                        cache.positions, causal=True,
-                                        sliding_window=window) & ~stale[None, None, :]
-            new_mask = attention_mask(segment_ids, segment_ids, positions, positions,
-                                      causal=True, sliding_window=window)
-            out = cache_step_attention(q, cache.k[layer].astype(q.dtype),
-                                       cache.v[layer].astype(q.dtype), cache_mask, k, v,
-                                       new_mask, scale=self.config.head_dim ** -0.5)
-            # Make the write below depend on the read above, so XLA may write in place:
-            # unordered, XLA:CPU copied the layer's whole cache on every step (twice at
-            # batch 1), and lax.optimization_barrier does not survive its pipeline. x * 0
-            # is not folded for floats (NaN semantics), so the dependency stays; it changes
-            # nothing unless the output is already NaN.
-            tie = (out[:, :1, :1, :1] * 0).astype(k.dtype)
-            k, v = k + tie, v + tie
-        cache = cache._replace(
-            k=_write_layer(cache.k, k.transpose(0, 2, 3, 1), layer, index, slot_axis=3),
-            v=_write_layer(cache.v, v.transpose(0, 2, 1, 3), layer, index, slot_axis=2))
-        return self.o_proj(out), cache
+        return tuple(checkpoint_name(t, "qkv") for t in (q, k, v))
 
-
-def _write_layer(buffers, new, layer, index, *, slot_axis: int):
-    """Writes this step's keys [B, kv_heads, D, S] or values [B, kv_heads, S, D] at slots
-    [index, index + S) (along `slot_axis` of a layer's buffer) of layer `layer`, and
-    returns the updated buffers: the stacked [L, ...] array, or a tuple of per-layer arrays
-    (the unrolled CPU decode, where reading a layer out of the stack would copy it on every
-    step) indexed by a Python int."""
-    start = tuple(index if axis == slot_axis else 0 for axis in range(new.ndim))
-    if isinstance(buffers, tuple):
-        if not isinstance(layer, int):
-            raise TypeError("a per-layer KV cache needs the layer index as a Python int")
-        mine = jax.lax.dynamic_update_slice(buffers[layer], new.astype(buffers[layer].dtype),
-                                            start)
-        return buffers[:layer] + (mine,) + buffers[layer + 1:]
-    return jax.lax.dynamic_update_slice(buffers, new[None].astype(buffers.dtype),
-                                        (layer, *start))
+    def __call__(self, x, cos, sin, segment_ids, positions, branch_ids=None):
+        q, k, v = self.project(x, cos, sin)
+        out = attention(q, k, v, segment_ids, positions, causal=True,
+                        sliding_window=self.config.sliding_window,
+                        impl=self.config.attention_impl, branch_ids=branch_ids)
+        return self.o_proj(out)
 
 
 class DecoderBlock(nnx.Module):
@@ -155,23 +72,21 @@ class DecoderBlock(nnx.Module):
         self.mlp_norm = RMSNorm(config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids, positions, cache: KVCache | None = None,
-                 layer=None, index=None, branch_ids=None):
-        if cache is None:
-            x = x + self.attn(self.attn_norm(x), cos, sin, segment_ids, positions,
-                              branch_ids=branch_ids)
-            return x + self.mlp(self.mlp_norm(x))
-        out, cache = self.attn(self.attn_norm(x), cos, sin, segment_ids, positions,
-                               cache=cache, layer=layer, index=index)
-        x = x + out
-        return x + self.mlp(self.mlp_norm(x)), cache
+    def __call__(self, x, cos, sin, segment_ids, positions, branch_ids=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, segment_ids, positions,
+                          branch_ids=branch_ids)
+        return self.mlp_residual(x)
+
+    def mlp_residual(self, x):
+        """The block's second half, x + MLP(norm(x)) (shared with the KV-cache path)."""
+        return x + self.mlp(self.mlp_norm(x))
 
 
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    "save_qkv": jax.checkpoint_policies.save_only_these_names("qkv"),
-}
+def remat_policy(name: str):
+    """The jax.checkpoint_policies policy that solar_jax.config.REMAT_POLICIES names."""
+    member, *args = REMAT_POLICIES[name]
+    policy = getattr(jax.checkpoint_policies, member)
+    return policy(*args) if args else policy
 
 
 class CausalLM(nnx.Module):
@@ -206,7 +121,7 @@ class CausalLM(nnx.Module):
             return out, (h if collect else None)
 
         if self.config.remat != "none":
-            step = nnx.remat(step, policy=REMAT_POLICIES[self.config.remat],
+            step = nnx.remat(step, policy=remat_policy(self.config.remat),
                              prevent_cse=False)
         scan = nnx.scan(step, in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))
         x, inputs = scan(self.layers, x)
@@ -215,45 +130,18 @@ class CausalLM(nnx.Module):
             return normed, jnp.concatenate([inputs, x[None]], axis=0)
         return normed
 
-    def hidden_states_cached(self, input_ids, segment_ids, positions, cache: KVCache, index,
-                             blocks=None):
-        """A prefill or decode step over a KV cache: the new tokens [B, S] (with their
-        segment ids, 0 for padding, and rotary positions) are written at cache slots
-        [index, index + S) and attend to every non-empty slot allowed by the causal/window
-        mask. Returns the final normed hidden states [B, S, H] and the updated cache.
-        `index` given as the Python int 0 declares the cache empty (a fresh, left-padded
-        prefill): the new tokens then attend among themselves only.
-
-        blocks: the layers as separate modules (one per layer, over per-layer weights),
-        applied in an unrolled loop instead of scanning self.layers; see
-        solar_jax.generate.engine.layer_views for why decoding on CPU wants that."""
-        segment_ids = segment_ids.astype(jnp.int32)
-        positions = positions.astype(jnp.int32)
-        cache = cache._replace(
-            segment_ids=jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, index)),
-            positions=jax.lax.dynamic_update_slice(cache.positions, positions, (0, index)))
-        cos, sin = rotary_tables(positions, self.config)
-        x = self.embed(input_ids)
-
-        def step(block: DecoderBlock, carry):
-            h, cache, layer = carry
-            h, cache = block(h, cos, sin, segment_ids, positions, cache=cache, layer=layer,
-                             index=index)
-            return h, cache, layer + 1
-
-        if blocks is not None:
-            for layer, block in enumerate(blocks):
-                x, cache, _ = step(block, (x, cache, layer))
-            return self.final_norm(x), cache
-        scan = nnx.scan(step, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
-        x, cache, _ = scan(self.layers, (x, cache, jnp.int32(0)))
-        return self.final_norm(x), cache
+    def head_weight(self):
+        """The output projection [hidden, vocab]: the embedding table, transposed, when the
+        embeddings are tied. The one place that choice is made (the losses take it from
+        here and build the logits chunk by chunk)."""
+        if self.config.tie_word_embeddings:
+            return self.embed.embedding[...].T
+        return self.lm_head.kernel[...]
 
     def logits(self, hidden):
-        if self.config.tie_word_embeddings:
-            return self.embed.attend(hidden)
-        kernel = self.lm_head.kernel[...].astype(hidden.dtype)
-        return jnp.einsum("bsh,hv->bsv", hidden, kernel, preferred_element_type=jnp.float32)
+        """Logits [B, S, vocab] in fp32."""
+        head = self.head_weight().astype(hidden.dtype)
+        return jnp.einsum("bsh,hv->bsv", hidden, head, preferred_element_type=jnp.float32)
 
     def __call__(self, input_ids, segment_ids=None, positions=None):
         return self.logits(self.hidden_states(input_ids, segment_ids, positions))

@@ -13,12 +13,12 @@ import orbax.checkpoint as ocp
 
 from solar_jax.errors import SolarError
 from solar_jax.orbax_util import quiet_orbax as _quiet
+import os
 
 
 def _directory(run_dir: str) -> str:
     if "://" in run_dir:
         return run_dir.rstrip("/") + "/checkpoints"
-    import os
     return os.path.abspath(os.path.join(run_dir, "checkpoints"))
 
 

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from solar_jax.config import list_presets
+from solar_jax.config import REMAT_POLICIES, list_presets
 from solar_jax.config_io import apply_overrides, from_dict, load_yaml, rebase_paths
 from solar_jax.data import DataConfig
 from solar_jax.errors import SolarError
@@ -67,7 +67,7 @@ class TrainConfig(RunConfig):
     loss_chunk: int = 512  # sequence positions per cross-entropy chunk
     param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: Literal["none", "full", "save_dots", "save_qkv"] = "none"
+    remat: Literal[tuple(REMAT_POLICIES)] = "none"
     run_dir: str = "runs/default"
     checkpoint_every: int = 100
     keep_checkpoints: int = 3

@@ -21,10 +21,9 @@ import optax
 from solar_jax.config import ModelConfig
 from solar_jax.model.transformer import bind
 from solar_jax.train import preference_losses as ref_free
-from solar_jax.train.loss import lm_head_weight
+from solar_jax.train.loss import sequence_chunks
 from solar_jax.train.step import guarded_update
 
-DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", *ref_free.REFERENCE_FREE_LOSSES)
 SIDE_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 
 
@@ -54,16 +53,9 @@ def sequence_logps(config: ModelConfig, params: dict, batch: dict, *, chunk: int
     completion tokens of the mean logit) — logits built chunk by chunk, never all at once."""
     model = bind(config, params)
     hidden = model.hidden_states(batch["input_ids"], batch["segment_ids"], batch["positions"])
-    head = lm_head_weight(params, config.tie_word_embeddings).astype(hidden.dtype)
-    b, s, h = hidden.shape
-    chunk = min(chunk, s)
-    pad = -s % chunk
-    targets, weights = batch["targets"], batch["loss_weights"].astype(jnp.float32)
-    if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets, weights = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets, weights))
-    n = (s + pad) // chunk
-    split = lambda x: x.reshape(b, n, chunk, *x.shape[2:]).swapaxes(0, 1)  # noqa: E731
+    head = model.head_weight().astype(hidden.dtype)
+    chunks = sequence_chunks(hidden, batch["targets"],
+                             batch["loss_weights"].astype(jnp.float32), chunk)
 
     @jax.checkpoint
     def one(h_c, t_c, w_c):
@@ -76,8 +68,8 @@ def sequence_logps(config: ModelConfig, params: dict, batch: dict, *, chunk: int
     def body(carry, xs):
         return tuple(c + o for c, o in zip(carry, one(*xs))), None
 
-    zero = jnp.zeros((b,), jnp.float32)
-    sums, _ = jax.lax.scan(body, (zero, zero, zero), (split(hidden), split(targets), split(weights)))
+    zero = jnp.zeros((hidden.shape[0],), jnp.float32)
+    sums, _ = jax.lax.scan(body, (zero, zero, zero), chunks)
     return sums
 
 

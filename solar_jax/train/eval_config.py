@@ -17,7 +17,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from solar_jax.data import DataConfig
+from solar_jax.data.builders import check_formats
 from solar_jax.errors import SolarError
+from solar_jax.eval.tasks import task_spec
 
 
 @dataclasses.dataclass
@@ -40,8 +43,6 @@ class EvalTaskConfig:
 
 def eval_data_config(cfg) -> Any:
     """cfg.eval_data as a DataConfig (inheriting cfg.data's keys), or None."""
-    from solar_jax.data import DataConfig
-
     value = cfg.eval_data
     if value is None or value == "" or value == []:
         return None
@@ -68,9 +69,6 @@ def eval_data_config(cfg) -> Any:
 
 def validate_eval(cfg) -> None:
     """The eval keys, without reading any file (data formats against the objective too)."""
-    from solar_jax.data.builders import check_formats
-    from solar_jax.eval.tasks import task_spec
-
     check_formats(cfg.objective, cfg.data)
     data = eval_data_config(cfg)
     if data is not None:

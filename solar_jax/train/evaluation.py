@@ -30,12 +30,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
+from solar_jax.data.builders import build_dataset_for, build_source_datasets
 from solar_jax.errors import SolarError
+from solar_jax.eval import evaluate
+from solar_jax.handle import Model
+from solar_jax.model.transformer import bind
 from solar_jax.sharding import MeshJit
 from solar_jax.train import state as state_lib
 from solar_jax.train.eval_config import eval_data_config
-from solar_jax.train.loss import chunked_cross_entropy, lm_head_weight
+from solar_jax.train.loss import chunked_cross_entropy
 from solar_jax.train.step import BATCH_KEYS
 
 # Settings echoed in an eval results dict: not results, so not logged.
@@ -54,8 +59,6 @@ class EvalSet:
 
 def build_eval_sets(cfg, tokenizer) -> list[EvalSet]:
     """The held-out sets of cfg.eval_data (one per mixture source), built like the data."""
-    from solar_jax.data.builders import build_dataset_for, build_source_datasets
-
     data = eval_data_config(cfg)
     if data is None:
         return []
@@ -78,10 +81,10 @@ def build_eval_sets(cfg, tokenizer) -> list[EvalSet]:
 def make_lm_eval(config, *, grad_accum: int, chunk: int):
     """(params, batch) -> [nll_sum, correct_sum, weight_sum], forward only."""
     def sums(params, batch):
-        from solar_jax.model.transformer import bind
-        hidden = bind(config, params).hidden_states(batch["input_ids"], batch["segment_ids"],
-                                                    batch["positions"])
-        head = lm_head_weight(params, config.tie_word_embeddings)
+        model = bind(config, params)
+        hidden = model.hidden_states(batch["input_ids"], batch["segment_ids"],
+                                     batch["positions"])
+        head = model.head_weight()
         weights = batch["loss_weights"].astype(jnp.float32)
         nll, _, correct = chunked_cross_entropy(hidden, head, batch["targets"], weights,
                                                 chunk=chunk)
@@ -112,7 +115,6 @@ def last_evaluation(run_dir: Path) -> tuple[int, dict]:
             if any(k.startswith("eval/") for k in record) and int(record.get("step", 0)) >= last:
                 last, found = int(record.get("step", 0)), record
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         last = int(multihost_utils.broadcast_one_to_all(np.int64(last)))
     return last, found
 
@@ -148,7 +150,6 @@ class Evaluator:
                              "the checkpoints with `solar-jax eval`")
         self.model = None
         if cfg.eval_tasks:
-            from solar_jax.model.transformer import Model
             self.model = Model(config, None, tokenizer)
 
     # -- held-out loss ------------------------------------------------------------------
@@ -196,8 +197,6 @@ class Evaluator:
 
     # -- benchmark tasks ----------------------------------------------------------------
     def tasks(self, state) -> dict[str, float]:
-        from solar_jax.eval import evaluate
-
         out = {}
         if self.model is None:
             return out

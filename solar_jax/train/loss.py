@@ -19,12 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def lm_head_weight(params: dict, tied: bool):
-    """[hidden, vocab] view of the output projection."""
-    return params["embed"]["embedding"].T if tied else params["lm_head"]["kernel"]
-
-
-def _chunks(hidden, targets, weights, chunk: int):
+def sequence_chunks(hidden, targets, weights, chunk: int):
     """(hidden, targets, weights) padded along the sequence to a multiple of `chunk` and
     split into [n_chunks, batch, chunk, ...] for a scan; padding carries weight 0."""
     b, s = targets.shape
@@ -65,8 +60,8 @@ def chunked_cross_entropy(hidden, head, targets, weights, *, chunk: int, z_loss:
         return tuple(c + o for c, o in zip(carry, out)), None
 
     zero = jnp.zeros((), jnp.float32)
-    totals, _ = jax.lax.scan(body, (zero, zero, zero),
-                             _chunks(hidden, targets, weights.astype(jnp.float32), chunk))
+    chunks = sequence_chunks(hidden, targets, weights.astype(jnp.float32), chunk)
+    totals, _ = jax.lax.scan(body, (zero, zero, zero), chunks)
     return totals
 
 
@@ -109,7 +104,8 @@ def _fused_forward(hidden, head, targets, weights, chunk, z_loss):
     zero = jnp.zeros((), jnp.float32)
     init = ((zero, zero, zero), jnp.zeros(head.shape, jnp.float32))
     b, s, h = hidden.shape
-    (sums, d_head), d_hidden = jax.lax.scan(body, init, _chunks(hidden, targets, weights, chunk))
+    chunks = sequence_chunks(hidden, targets, weights, chunk)
+    (sums, d_head), d_hidden = jax.lax.scan(body, init, chunks)
     d_hidden = d_hidden.swapaxes(0, 1).reshape(b, -1, h)[:, :s]
     nll, z, correct = sums
     return (nll + z, (nll, z, correct)), (d_hidden, d_head.astype(head.dtype))

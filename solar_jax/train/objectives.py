@@ -10,12 +10,18 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from solar_jax.config import ModelConfig
+from solar_jax.data.builders import build_dataset_for, check_formats
+from solar_jax.data.preference import SIDES
+from solar_jax.destination import staged_file
 from solar_jax.errors import SolarError
 from solar_jax.sharding import MeshJit
 from solar_jax.train import state as state_lib
 from solar_jax.train.config import TrainConfig
+from solar_jax.train.dpo import SIDE_KEYS, make_dpo_step, make_reference_fn
+from solar_jax.train.preference_losses import uses_reference
 from solar_jax.train.step import BATCH_KEYS, make_train_step
 
 REFERENCE_FILE = "reference_logps.npz"
@@ -35,7 +41,6 @@ class Objective:
 
 def build_dataset(cfg: TrainConfig, tokenizer, data=None):
     """The objective's dataset of `data` (default: cfg.data): one source or a mixture."""
-    from solar_jax.data.builders import build_dataset_for, check_formats
     data = cfg.data if data is None else data
     check_formats(cfg.objective, data)
     return build_dataset_for(cfg.objective, data, tokenizer, seq_len=cfg.seq_len,
@@ -45,8 +50,6 @@ def build_dataset(cfg: TrainConfig, tokenizer, data=None):
 
 
 def dpo_keys() -> tuple[str, ...]:
-    from solar_jax.data.preference import SIDES
-    from solar_jax.train.dpo import SIDE_KEYS
     return tuple(f"{s}_{k}" for s in SIDES for k in SIDE_KEYS)
 
 
@@ -59,8 +62,6 @@ def make_step(cfg: TrainConfig, config: ModelConfig, optimizer, schedule):
     if cfg.objective in ("lm", "sft"):
         return make_train_step(config, optimizer, schedule, grad_accum=cfg.grad_accum,
                                chunk=cfg.loss_chunk, z_loss=cfg.z_loss), BATCH_KEYS
-    from solar_jax.train.dpo import make_dpo_step
-    from solar_jax.train.preference_losses import uses_reference
     live = cfg.dpo.reference == "live"
     step = make_dpo_step(config, optimizer, schedule, beta=cfg.dpo.beta, loss=cfg.dpo.loss,
                          label_smoothing=cfg.dpo.label_smoothing, chunk=cfg.loss_chunk,
@@ -73,7 +74,6 @@ def make_step(cfg: TrainConfig, config: ModelConfig, optimizer, schedule):
 def build_objective(cfg: TrainConfig, config: ModelConfig, dataset, optimizer, schedule,
                     mesh, rules, params, run_dir: Path, eval_sets=()) -> Objective:
     """eval_sets: held-out datasets whose DPO reference log-probs are precomputed too."""
-    from solar_jax.train.preference_losses import uses_reference
     step, keys = make_step(cfg, config, optimizer, schedule)
     if cfg.objective in ("lm", "sft") or not uses_reference(cfg.dpo.loss):
         # lm/sft, and simpo/orpo: no reference model is loaded, copied, scored or stored.
@@ -117,9 +117,7 @@ def reference_table(cfg: TrainConfig, config: ModelConfig, dataset, ref_params, 
         stored = np.load(path)
         if str(stored["fingerprint"]) == dataset.fingerprint:
             return stored["logps"]
-    from jax.experimental import multihost_utils
 
-    from solar_jax.train.dpo import make_reference_fn
     ref_fn = MeshJit(jax.jit(make_reference_fn(config, chunk=cfg.loss_chunk)), mesh, rules)
     sharding = state_lib.batch_sharding(mesh, rules)
     keys = dpo_keys()
@@ -134,7 +132,6 @@ def reference_table(cfg: TrainConfig, config: ModelConfig, dataset, ref_params, 
         c, r = (np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in (c, r))
         table[ids, 0], table[ids, 1] = c, r
     if jax.process_index() == 0:
-        from solar_jax.destination import staged_file
         with staged_file(path) as stage, open(stage, "wb") as f:
             np.savez(f, logps=table, fingerprint=np.array(dataset.fingerprint))
     return table

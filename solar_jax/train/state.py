@@ -17,13 +17,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.sources import open_source
-from solar_jax.config import ModelConfig
+from solar_jax.config import ModelConfig, list_presets
 from solar_jax.errors import SolarError
 from solar_jax.model.transformer import abstract_params, init_params, logical_axes
 from solar_jax.sharding import Rules, as_rules, param_shardings
 from solar_jax.train.config import TrainConfig
+from solar_jax.tree_paths import get_leaf, set_leaf
 
 
 def model_config_for(cfg: TrainConfig) -> tuple[ModelConfig, Path | None]:
@@ -35,7 +35,6 @@ def model_config_for(cfg: TrainConfig) -> tuple[ModelConfig, Path | None]:
             raise SolarError("model_overrides apply to presets only, not to a loaded checkpoint")
         base, source = open_source(path).config, path
     else:
-        from solar_jax.config import list_presets
         if cfg.model not in list_presets():
             raise SolarError(f"model {cfg.model!r} is neither an existing checkpoint nor a preset "
                              f"({', '.join(list_presets())})")
@@ -68,9 +67,9 @@ def create_params(config: ModelConfig, source: Path | None, mesh: Mesh, rules: R
     params: dict = {}
     for path in src.leaf_paths():
         host = src.read_leaf(path).astype(dtype, copy=False)
-        sharding = hf_names.get_leaf(shardings, path)
+        sharding = get_leaf(shardings, path)
         leaf = jax.make_array_from_callback(host.shape, sharding, lambda idx, h=host: h[idx])
-        hf_names.set_leaf(params, path, leaf)
+        set_leaf(params, path, leaf)
         del host
     return params
 

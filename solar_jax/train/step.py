@@ -17,7 +17,7 @@ import optax
 from solar_jax.config import ModelConfig
 from solar_jax.model.transformer import bind
 from solar_jax.sharding import MeshJit
-from solar_jax.train.loss import fused_cross_entropy, lm_head_weight
+from solar_jax.train.loss import fused_cross_entropy
 
 BATCH_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "positions")
 
@@ -27,7 +27,7 @@ def batch_loss_sums(config: ModelConfig, params: dict, batch: dict, *, chunk: in
     """(objective_sum, (nll_sum, z_sum, correct_sum, weight_sum)) for one micro-batch."""
     model = bind(config, params)
     hidden = model.hidden_states(batch["input_ids"], batch["segment_ids"], batch["positions"])
-    head = lm_head_weight(params, config.tie_word_embeddings)
+    head = model.head_weight()
     objective, (nll, z, correct) = fused_cross_entropy(
         hidden, head, batch["targets"], batch["loss_weights"], chunk=chunk, z_loss=z_loss)
     weight = jnp.sum(batch["loss_weights"].astype(jnp.float32))

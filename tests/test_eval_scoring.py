@@ -1,0 +1,109 @@
+"""Evaluation's scorer on a tiny model: log-likelihoods against a full forward, packed
+multiple choice against separate forwards, the packer, and the mc2/acc_norm metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import solar_jax
+from eval_helpers import log_softmax, write_jsonl
+from solar_jax.eval.scoring import Scorer
+
+
+# ---- log-likelihood on a tiny model --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = solar_jax.ModelConfig.from_preset("tiny-llama").replace(max_position_embeddings=40)
+    return solar_jax.Model(config, solar_jax.init_params(config, seed=4))
+
+
+def _forward_padded(model, ids: list[int]) -> np.ndarray:
+    """Logits of ids from one full forward, right-padded to 40 (causal: pads change
+    nothing before them) so every call reuses one compiled program."""
+    padded = np.zeros((1, 40), np.int32)
+    padded[0, :len(ids)] = ids
+    return np.asarray(model(padded))[0, :len(ids)]
+
+
+def test_loglikelihood_equals_full_forward_log_softmax(tiny):
+    rng = np.random.default_rng(0)
+    requests = [(rng.integers(3, 256, n).tolist(), rng.integers(3, 256, m).tolist())
+                for n, m in ((5, 3), (17, 1), (1, 9), (30, 20))]  # the last is truncated
+    shared = rng.integers(3, 256, 11).tolist()  # choices of one context: the KV-cache path
+    requests += [(shared, rng.integers(3, 256, m).tolist()) for m in (1, 4, 2, 7, 3)]
+    requests += [(requests[0][0], [7])]
+    got = Scorer(tiny, None, batch_size=4, max_length=40).loglikelihood_tokens(requests)
+    for (context, cont), (ll, greedy) in zip(requests, got):
+        whole = (context + cont)[-41:]
+        logp = log_softmax(_forward_padded(tiny, whole[:-1]))
+        rows = np.arange(len(whole) - 1 - len(cont), len(whole) - 1)
+        assert ll == pytest.approx(logp[rows, cont].sum(), abs=1e-4)
+        assert greedy == bool((logp[rows].argmax(-1) == cont).all())
+    # A continuation made of the greedy tokens is reported as greedy.
+    context = requests[0][0]
+    best = int(_forward_padded(tiny, context)[-1].argmax())
+    assert Scorer(tiny, None).loglikelihood_tokens([(context, [best])])[0][1]
+
+
+def test_packed_multiple_choice_equals_separate_forwards(tiny, monkeypatch):
+    """Many contexts with several continuations each: packed several to a row, in two width
+    classes and several batches, and one document over the packing cap scored per request."""
+    from solar_jax.eval import packed_scoring as packing
+
+    monkeypatch.setattr(packing, "PACK_WIDTH", 32)
+    monkeypatch.setattr(packing, "MAX_PACKED_TOKENS", 45)
+    rng = np.random.default_rng(3)
+    requests = []
+    for n in (3, 30, 9, 12, 5, 21, 7, 16, 4, 11, 25, 8):
+        context = rng.integers(3, 256, n).tolist()
+        requests += [(context, rng.integers(3, 256, m).tolist())
+                     for m in rng.integers(1, 6, rng.integers(2, 6))]
+    got = Scorer(tiny, None, batch_size=1, max_length=40).loglikelihood_tokens(requests)
+    for (context, cont), (ll, greedy) in zip(requests, got):
+        logp = log_softmax(_forward_padded(tiny, context + cont[:-1]))
+        rows = np.arange(len(context) - 1, len(context) + len(cont) - 1)
+        assert ll == pytest.approx(logp[rows, cont].sum(), abs=1e-4)
+        assert greedy == bool((logp[rows].argmax(-1) == cont).all())
+
+
+def test_pack_first_fit_decreasing():
+    from solar_jax.eval.packed_scoring import Doc, balanced_batches, pack
+
+    rng = np.random.default_rng(0)
+    docs = [Doc((i,), tuple(range(int(n))), ((1,),)) for i, n in
+            enumerate(rng.integers(1, 100, 200))]
+    rows = pack(docs, 128)
+    assert sorted(d.requests for row in rows for d in row) == [(i,) for i in range(200)]
+    assert all(sum(d.length for d in row) <= 128 for row in rows)
+    # Near the lower bound on the row count (total tokens / width).
+    assert len(rows) <= math.ceil(sum(d.length for d in docs) / 128) + 2
+    batches, size = balanced_batches(rows, 8)
+    assert sum(map(len, batches)) == len(rows) and max(map(len, batches)) == size <= 8
+    assert size - min(map(len, batches)) < len(batches)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack([Doc((0,), tuple(range(200)), ((1,),))], 128)
+
+
+def test_mc2_and_acc_norm_metrics(tiny, monkeypatch, tmp_path):
+    from solar_jax.eval import runner as ev
+
+    lls = {" yes": -1.0, " y": -2.0, " no": -0.5}
+    monkeypatch.setattr(Scorer, "loglikelihood",
+                        lambda self, pairs: [(lls[c], False) for _, c in pairs])
+    orig = {"question": "Q?", "mc2_targets": {"yes": 1, "y": 1, "no": 0}}
+    write_jsonl(tmp_path / "t.jsonl", [orig])
+    res = ev.evaluate(tiny, "truthfulqa_mc2", tmp_path / "t.jsonl", tokenizer=object())
+    p = np.exp([-1.0, -2.0, -0.5])
+    assert res["acc"] == pytest.approx(p[:2].sum() / p.sum())
+    # acc_norm divides by the choice's characters: " yes" loses to " no" raw, wins normed.
+    lls.update({" no": -0.9})
+    rec = {"question": {"stem": "?", "choices": [{"text": "yes", "label": "A"},
+                                                 {"text": "no", "label": "B"}]}, "answerKey": "A"}
+    res = ev.evaluate(tiny, "arc", write_jsonl(tmp_path / "a.jsonl", [rec]), tokenizer=object())
+    assert res["samples"][0]["pred"] == 1 and res["samples"][0]["pred_norm"] == 0
+    assert (res["acc"], res["acc_norm"]) == (0.0, 1.0)
