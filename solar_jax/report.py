@@ -17,7 +17,9 @@ match. Where each value comes from:
   upscale write beside their output): its parents, weights and method from that recipe;
 * any model folder (solar-jax checkpoint or Hugging Face): a row with only its eval numbers;
 * in any of these, `eval_results.json` / `eval_results_*.json` (what `solar-jax eval --out`
-  writes: one task's results, a list of them, or a mapping task -> results) win over
+  writes: one task's results, a list of them, or a mapping task -> results), and with
+  `eval_dir` the same files in `eval_dir/<name>/` (`solar-jax eval` may not write inside
+  the model it reads, so a merge's results live beside it, not in it), win over
   metrics.jsonl for the eval numbers: task `perplexity` gives the held-out perplexity,
   task `gsm8k` the exact match (flexible-extract, lm-eval's headline) and its n.
 
@@ -80,15 +82,18 @@ class Candidate:
         return out
 
 
-def collect(paths) -> list[Candidate]:
-    """One Candidate per path, in order (see the module docstring)."""
+def collect(paths, eval_dir: str | Path | None = None) -> list[Candidate]:
+    """One Candidate per path, in order (see the module docstring). `eval_dir`: a folder
+    of `<candidate name>/eval_results*.json` read as well."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise SolarError("give at least one run directory or model")
-    return [read_candidate(p) for p in paths]
+    if eval_dir is not None and not Path(eval_dir).is_dir():
+        raise SolarError(f"eval_dir {eval_dir} is not a directory")
+    return [read_candidate(p, eval_dir) for p in paths]
 
 
-def read_candidate(path: str | Path) -> Candidate:
+def read_candidate(path: str | Path, eval_dir: str | Path | None = None) -> Candidate:
     path = Path(path)
     if not path.exists():
         raise SolarError(f"{path} does not exist")
@@ -109,6 +114,8 @@ def read_candidate(path: str | Path) -> Candidate:
     elif (path / RECIPE_FILE).is_file():
         _fill_merge(cand, path / RECIPE_FILE)
     _fill_eval_results(cand, path)
+    if eval_dir is not None and (Path(eval_dir) / name).is_dir():
+        _fill_eval_results(cand, Path(eval_dir) / name)
     return cand
 
 

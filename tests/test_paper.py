@@ -128,3 +128,8 @@ def test_paper_configs_validate_and_their_data_builds(instruct, smol_dir, monkey
     for name in [*names, "merge_sft", "merge_dpo"]:
         assert f"configs/paper/{name}.yaml" in run or f"configs/paper/$run.yaml" in run
     assert "paper:" in (ROOT / "Makefile").read_text()
+    # eval may not write inside the model it reads: the merges' results go to evals/<name>/
+    for line in run.splitlines():
+        if line.lstrip().startswith("$SJ eval") and "--out" in line:
+            assert "$OUT/evals/" in line, line
+    assert "--eval-dir $OUT/evals" in run

@@ -214,3 +214,28 @@ def test_cli_formats_out_file_and_errors(runs, capsys):
     (v1 / "eval_results.json").write_text("{not json")
     with pytest.raises(SolarError, match="eval_results.json is not valid JSON"):
         read_candidate(v1)
+
+
+def test_eval_dir_holds_results_written_beside_a_model(tmp_path, capsys):
+    """`solar-jax eval --out` may not write inside the model it reads (the destination
+    guard), so a merge's results live in EVAL_DIR/<name>/, which --eval-dir reads."""
+    m = tmp_path / "sft_v3_v4"
+    m.mkdir()
+    (m / "solar_config.json").write_text("{}")
+    evals = tmp_path / "evals"
+    (evals / "sft_v3_v4").mkdir(parents=True)
+    (evals / "sft_v3_v4" / "eval_results.json").write_text(json.dumps(
+        {"task": "gsm8k", "n": 8, "exact_match_flexible": 0.25}))
+    (evals / "sft_v3_v4" / "eval_results_perplexity.json").write_text(json.dumps(
+        {"task": "perplexity", "perplexity": 12.5}))
+    assert read_candidate(m).gsm8k_exact_match is None
+    [c] = collect([m], eval_dir=evals)
+    assert (c.gsm8k_exact_match, c.gsm8k_n, c.eval_perplexity) == (0.25, 8, 12.5)
+    assert main(["report", str(m), "--eval-dir", str(evals), "--format", "csv"]) == 0
+    assert "12.5" in capsys.readouterr().out
+    assert main(["report", str(m), "--eval-dir", str(tmp_path / "none")]) == 2
+    assert "eval_dir" in capsys.readouterr().err
+    # the reason for the option: eval refuses to write inside its model
+    assert main(["eval", str(m), "--task", "perplexity", "--data", str(m / "solar_config.json"),
+                 "--out", str(m / "eval_results.json")]) == 2
+    assert "lies inside the input" in capsys.readouterr().err

@@ -21,10 +21,12 @@ $SJ merge --recipe configs/paper/merge_sft.yaml --out $OUT/sft_v3_v4
 for run in dpo_v1 dpo_v2; do $SJ train configs/paper/$run.yaml; done
 $SJ merge --recipe configs/paper/merge_dpo.yaml --out $OUT/dpo_v1_v2
 # A merge has no training log: its evaluation is the JSON `solar-jax eval --out` writes,
-# inside the merged model's directory (eval_results.json: GSM8K; the perplexity beside it).
-for merged in $OUT/sft_v3_v4 $OUT/dpo_v1_v2; do
-    $SJ eval $merged "${EVAL_GSM8K[@]}" --out $merged/eval_results.json
-    $SJ eval $merged "${EVAL_PPL[@]}" --out $merged/eval_results_perplexity.json
+# in $OUT/evals/<merge>/ (eval may not write inside the model it reads), which the
+# report reads with --eval-dir.
+for merged in sft_v3_v4 dpo_v1_v2; do
+    $SJ eval $OUT/$merged "${EVAL_GSM8K[@]}" --out $OUT/evals/$merged/eval_results.json
+    $SJ eval $OUT/$merged "${EVAL_PPL[@]}" --out $OUT/evals/$merged/eval_results_perplexity.json
 done
 $SJ report $OUT/runs/sft_v1 $OUT/runs/sft_v3 $OUT/runs/sft_v4 $OUT/sft_v3_v4 \
-    $OUT/runs/dpo_v1 $OUT/runs/dpo_v2 $OUT/dpo_v1_v2
+    $OUT/runs/dpo_v1 $OUT/runs/dpo_v2 $OUT/dpo_v1_v2 --eval-dir $OUT/evals \
+    --out $OUT/report.md

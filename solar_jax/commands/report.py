@@ -1,4 +1,4 @@
-"""solar-jax report RUN_DIR [RUN_DIR ...] [--format markdown|csv|json] [--out FILE]"""
+"""solar-jax report RUN_DIR [RUN_DIR ...] [--eval-dir DIR] [--format markdown|csv|json] [--out FILE]"""
 
 from pathlib import Path
 
@@ -10,6 +10,8 @@ def register(sub) -> None:
                                       "final train loss, held-out perplexity, GSM8K")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="training run directories, merged models or any model folder")
+    p.add_argument("--eval-dir", default=None, metavar="DIR",
+                   help="also read DIR/<name>/eval_results*.json for each RUN_DIR named <name>")
     # Checked by the API rather than argparse `choices`, so a typo is a one-line error.
     p.add_argument("--format", default="markdown", help="markdown (default), csv or json")
     p.add_argument("--out", default=None, help="also write the table to this file")
@@ -19,7 +21,7 @@ def register(sub) -> None:
 def run(args) -> None:
     from solar_jax.report import collect, format_report
 
-    text = format_report(collect(args.runs), args.format)
+    text = format_report(collect(args.runs, args.eval_dir), args.format)
     print(text)
     if args.out:
         out = Path(args.out)
