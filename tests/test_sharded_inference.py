@@ -69,14 +69,21 @@ SCRIPT = textwrap.dedent("""
         assert cache_spec[2] == "tensor", (spec, cache_spec)  # kv heads split, not gathered
         print(spec, "ok", err)
 
-    # The same programs from shapes alone (solar_jax.programs, for `solar-jax compile`).
-    from solar_jax.programs import eval_program, generate_programs
-    mesh = as_mesh("fsdp=2,tensor=4")
-    sharded = solar_jax.load_model(path, mesh=mesh)
-    for program in [eval_program(config, mesh, batch_size=4, width=32),
-                    *generate_programs(config, mesh, batch_size=2, prompt_len=20,
-                                       max_new_tokens=8, chunk=4)]:
+    # The same programs from shapes alone, as `solar-jax compile` builds them: their
+    # params arrive sharded exactly as load_model(mesh=) places them.
+    from solar_jax.aot import rules_for
+    from solar_jax.aot.programs import eval_programs, generate_programs, model_config
+    from solar_jax.sharding import make_mesh
+    from solar_jax.train.config import TrainConfig
+    cfg = TrainConfig(model=path, seq_len=32, mesh={"fsdp": 2, "tensor": 4})
+    mesh = make_mesh(cfg.mesh, jax.devices())
+    sharded = solar_jax.load_model(path, mesh="fsdp=2,tensor=4")
+    abstract = model_config(cfg)
+    for program in [*eval_programs(cfg, abstract, mesh, rules_for(cfg), batch_size=4),
+                    *generate_programs(cfg, abstract, mesh, rules_for(cfg), batch_size=2,
+                                       prompt_len=20, max_new_tokens=8, chunk=4)]:
         compiled = program.lower().compile()
+        program.compiled = compiled
         got = compiled.input_shardings[0][0]["layers"]["attn"]["q_proj"]["kernel"]
         want = sharded.params["layers"]["attn"]["q_proj"]["kernel"].sharding
         assert got.is_equivalent_to(want, 4), (program.name, got, want)
