@@ -24,6 +24,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from solar_jax.checkpoint.gguf_source import GGUFSource
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
 
@@ -51,8 +52,6 @@ def tokenizer_metadata(source, config: ModelConfig) -> dict:
 
 def gguf_origin(source):
     """The GGUFSource whose tokenizer `source` carries, if it came from a GGUF file."""
-    from solar_jax.checkpoint.gguf_source import GGUFSource
-
     if isinstance(source, GGUFSource):
         return source
     inner = getattr(source, "extras_source", None)  # a merge or up-scale carries its base's

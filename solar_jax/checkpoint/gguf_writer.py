@@ -30,6 +30,8 @@ import numpy as np
 
 from solar_jax import interrupts
 from solar_jax.checkpoint import hf_names
+from solar_jax.checkpoint.gguf_source import GGUFSource
+from solar_jax.checkpoint.gguf_vocab import raw_field_value, tokenizer_metadata
 from solar_jax.checkpoint.sources import NamedTensorSource, ParamSource
 from solar_jax.config import ModelConfig
 from solar_jax.destination import check_destination, staged_file
@@ -143,8 +145,6 @@ def write_gguf(source: ParamSource, dst: str | Path, *, quant: str | None = None
     check_destination(dst, source.input_paths(), overwrite=overwrite)
     config = source.config
     _check_architecture(config, source.location)
-    from solar_jax.checkpoint.gguf_vocab import tokenizer_metadata
-
     vocab = tokenizer_metadata(source, config) if tokenizer else None
     plan = plan_tensors(source, config, quant)
 
@@ -215,9 +215,6 @@ def _add_model_metadata(w, source, config: ModelConfig, quant: str, name: str) -
     """The keys llama.cpp's llama-like architectures (llama, qwen2, qwen3) read, as
     convert_hf_to_gguf.py writes them."""
     import gguf
-
-    from solar_jax.checkpoint.gguf_source import GGUFSource
-    from solar_jax.checkpoint.gguf_vocab import raw_field_value
 
     w.add_type("model")
     copied = set()
