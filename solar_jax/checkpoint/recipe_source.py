@@ -41,6 +41,9 @@ class RecipeSource(ParamSource):
         self.config = self.base.config.replace(num_layers=len(plan.layers))
         self.method = merge_methods.get(plan.method)
         self.rules = {r.path: r for r in hf_names.rules_for(self.config)}
+        # one output layer needs one layer of each input it reads: true where every input
+        # reads single layers (a solar-jax checkpoint reads whole leaves)
+        self.layer_reads = all(s.layer_reads for s in sources.values())
 
     @property
     def extras_source(self) -> ParamSource:
@@ -75,6 +78,18 @@ class RecipeSource(ParamSource):
                 out = np.empty((len(jobs), *merged.shape), dtype)
             out[slot] = merged
         return out
+
+    def stored_tensor(self, path, index, dtype):
+        """A passthrough copy of one input tensor, unscaled and in its dtype, is that
+        input's stored bytes (an HF input's file range): the HF writer copies them."""
+        path = tuple(path)
+        if not self.method.stacks_layers:
+            return None
+        job = self.plan.jobs[path][index] if path[0] == "layers" else self.plan.globals[path]
+        if len(job.inputs) != 1 or job.model_params[0].get("scale") not in (None, 1):
+            return None
+        key, layer = job.inputs[0]
+        return self.sources[key].stored_tensor(path, layer or 0, dtype)
 
     def _passthrough(self, path, jobs: list[Job], dtype) -> np.ndarray:
         # One read per source model with all the layers it contributes (repeats included),
