@@ -129,3 +129,62 @@ def test_copy_range_falls_back_without_copy_file_range(src, tmp_path, monkeypatc
         safetensors_io.copy_range(stored, f)
         f.write(b"tail")
     assert out.read_bytes() == b"head" + st.read(name).tobytes() + b"tail"
+
+
+def test_solar_checkpoint_is_layer_chunked_round_trips_and_loads(src, tmp_path, monkeypatch):
+    import jax
+    import orbax.checkpoint as ocp
+
+    from solar_jax.api import load_model
+    from solar_jax.checkpoint import hf_names, solar_format
+    from solar_jax.checkpoint.sources import open_source
+
+    assert main(["convert", str(src), str(tmp_path / "sj")]) == 0
+    solar = open_source(tmp_path / "sj")
+    assert solar.layer_reads
+    for path, store in solar._layer_stores.items():
+        assert store.chunk_layout.read_chunk.shape[0] == 1, path
+
+    whole = []
+    real_read = solar_format.SolarSource.read_leaf
+
+    def spy(self, path, layers=None):
+        if layers is None:
+            whole.append(tuple(path))
+        return real_read(self, path, layers)
+
+    monkeypatch.setattr(solar_format.SolarSource, "read_leaf", spy)
+    assert main(["convert", str(tmp_path / "sj"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert whole and all(p[0] != "layers" for p in whole), whole  # layers read one by one
+    ref, out = _tensors(src), _tensors(tmp_path / "hf")
+    assert sorted(ref) == sorted(out)
+    for name in ref:
+        assert ref[name].tobytes() == out[name].tobytes(), name
+
+    # orbax still restores the checkpoint whole (training, load_model), bit for bit
+    tree = ocp.PyTreeCheckpointer().restore(tmp_path / "sj" / "params" / "state")
+    model = load_model(tmp_path / "sj")
+    layer = hf_names.get_leaf(tree, ("layers", "mlp", "down_proj", "kernel"))
+    assert layer.shape[0] == 8
+    np.testing.assert_array_equal(
+        np.asarray(jax.device_get(hf_names.get_leaf(model.params, ("layers", "mlp", "down_proj",
+                                                                   "kernel")))).view(np.uint16),
+        np.asarray(layer).view(np.uint16))
+    down = ref["model.layers.3.mlp.down_proj.weight"]
+    assert np.asarray(layer[3]).T.tobytes() == down.tobytes()
+
+
+def test_unchunked_solar_checkpoint_is_read_leaf_by_leaf(src, tmp_path, monkeypatch):
+    from solar_jax.checkpoint import solar_format
+    from solar_jax.checkpoint.sources import open_source
+
+    monkeypatch.setattr(solar_format.LeafWriter, "layer_chunks", False)  # the old layout
+    assert main(["convert", str(src), str(tmp_path / "sj")]) == 0
+    monkeypatch.undo()
+    assert not open_source(tmp_path / "sj").layer_reads
+    assert main(["upscale", str(tmp_path / "sj"), str(tmp_path / "up"), "--m", "2",
+                 "--to", "hf"]) == 0
+    ref, out = _tensors(src), _tensors(tmp_path / "up")
+    for k, orig in enumerate([*range(6), *range(2, 8)]):
+        name = "model.layers.{}.self_attn.o_proj.weight"
+        assert out[name.format(k)].tobytes() == ref[name.format(orig)].tobytes()

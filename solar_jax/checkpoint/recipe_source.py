@@ -24,7 +24,7 @@ from solar_jax import merge_methods
 from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.output import write_source
 from solar_jax.checkpoint.recipe_plan import Job, build_plan
-from solar_jax.checkpoint.sources import NamedTensorSource, ParamSource, open_source
+from solar_jax.checkpoint.sources import ParamSource, open_source
 from solar_jax.destination import check_destination
 from solar_jax.errors import SolarError
 from solar_jax.recipes import Recipe, write_recipe_file
@@ -134,16 +134,16 @@ class RecipeSource(ParamSource):
 
 
 class _LayerReader:
-    """One layer of one leaf of one input. Per-tensor formats (HF, GGUF) read just that
-    layer; a solar-jax checkpoint stores the stacked leaf whole, so it is read once per
-    leaf and indexed."""
+    """One layer of one leaf of one input. Per-tensor formats (HF, GGUF) and layer-chunked
+    solar-jax checkpoints read just that layer; a checkpoint that stores the stacked leaf
+    in one chunk is read once per leaf and indexed."""
 
     def __init__(self, sources: dict[str, ParamSource], path):
         self.sources, self.path, self.cache = sources, path, {}
 
     def get(self, key: str, layer: int) -> np.ndarray:
         source = self.sources[key]
-        if isinstance(source, NamedTensorSource):
+        if source.layer_reads:
             return source.read_leaf(self.path, layers=[layer])[0]
         if key not in self.cache:
             self.cache[key] = source.read_leaf(self.path)
