@@ -139,6 +139,7 @@ def test_solar_checkpoint_is_layer_chunked_round_trips_and_loads(src, tmp_path, 
     from solar_jax.checkpoint import hf_names, solar_format
     from solar_jax.checkpoint.sources import open_source
 
+    monkeypatch.setattr(solar_format.LeafWriter, "layer_chunks", True)
     assert main(["convert", str(src), str(tmp_path / "sj")]) == 0
     solar = open_source(tmp_path / "sj")
     assert solar.layer_reads
@@ -174,13 +175,10 @@ def test_solar_checkpoint_is_layer_chunked_round_trips_and_loads(src, tmp_path, 
     assert np.asarray(layer[3]).T.tobytes() == down.tobytes()
 
 
-def test_unchunked_solar_checkpoint_is_read_leaf_by_leaf(src, tmp_path, monkeypatch):
-    from solar_jax.checkpoint import solar_format
+def test_unchunked_solar_checkpoint_is_read_leaf_by_leaf(src, tmp_path):
     from solar_jax.checkpoint.sources import open_source
 
-    monkeypatch.setattr(solar_format.LeafWriter, "layer_chunks", False)  # the old layout
-    assert main(["convert", str(src), str(tmp_path / "sj")]) == 0
-    monkeypatch.undo()
+    assert main(["convert", str(src), str(tmp_path / "sj")]) == 0  # the default layout
     assert not open_source(tmp_path / "sj").layer_reads
     assert main(["upscale", str(tmp_path / "sj"), str(tmp_path / "up"), "--m", "2",
                  "--to", "hf"]) == 0

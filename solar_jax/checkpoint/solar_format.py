@@ -7,10 +7,10 @@
 
 Params are written with orbax's partial save, one leaf per call, so a conversion holds one
 stacked leaf at a time; the finished directory is a normal orbax checkpoint that
-`orbax.checkpoint` restores whole or leaf by leaf. Stacked leaves are stored one layer per
-chunk (orbax's storage sharding along axis 0), so a reader that wants one layer (the HF
-writer, a merge) reads just that chunk through tensorstore instead of the whole leaf;
-checkpoints without that chunking (older ones, training runs) are read leaf by leaf. The layout is stored so that loading a
+`orbax.checkpoint` restores whole or leaf by leaf. Where a checkpoint stores its stacked
+leaves one layer per chunk (orbax's storage sharding along axis 0; LeafWriter.layer_chunks),
+a reader that wants one layer (the HF writer, a merge) reads just that chunk through
+tensorstore instead of the whole leaf; other checkpoints are read leaf by leaf. The layout is stored so that loading a
 checkpoint into a model of another layout fails with a message, not a shape error.
 """
 
@@ -52,7 +52,11 @@ def write_config(dst: Path, config: ModelConfig) -> None:
 class LeafWriter:
     """Adds leaves to an orbax checkpoint at dst/params one at a time."""
 
-    layer_chunks = True  # stacked leaves one layer per chunk (False: orbax's default layout)
+    # Stacked leaves one layer per chunk? Off: orbax writes each chunk as its own shard,
+    # which took 2.6x the save time and ~1.5 leaves of extra memory (a 200 MB leaf, 2 CPUs;
+    # benchmarks/RESULTS.md, 2026-12-02), so writing would cost more than per-layer reading
+    # saves. Readers handle both layouts.
+    layer_chunks = False
 
     def __init__(self, dst: Path):
         from orbax.checkpoint.experimental.v1 import partial
