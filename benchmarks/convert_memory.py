@@ -243,7 +243,8 @@ def main() -> None:
                     help="shard size of the random source checkpoint (default 1 GB)")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="run each measured step N times: fastest wall time, highest peak RSS")
+                    help="N interleaved rounds of the measured steps (to_solar, to_hf, "
+                         "transformers): fastest wall time, highest peak RSS, paired ratios")
     ap.add_argument("--json", default=None, help="also write all figures to this JSON file")
     ap.add_argument("--child-preload", default=None, metavar="FILE.py",
                     help="run this Python file in every measured process before its step "

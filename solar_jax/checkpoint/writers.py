@@ -114,6 +114,7 @@ class _TensorFetcher:
         rule, target = self.rules[path], _target_dtype(self.source, self.dtype, path)
         stored = self.source.stored_tensor(path, index, target)
         if stored is not None:
+            interrupts.pause_at("read")  # the copy is this tensor's read
             return stored
         if rule.stacked and self.source.layer_reads:
             layer = self.source.read_leaf(path, layers=[index])[0]
