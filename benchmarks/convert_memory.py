@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -40,139 +38,9 @@ import threading
 import time
 from pathlib import Path
 
-GIB = 2**30
-NUM_LAYERS = 32
-NUM_HEADS = 32
-NUM_KV_HEADS = 8
-VOCAB = 32000
-MLP_RATIO = 3.5
-DTYPES = {"bf16": ("bfloat16", 2), "fp32": ("float32", 4)}
-
-
-# --------------------------------------------------------------------------- the model
-
-def mistral_shape(size_bytes: float, itemsize: int) -> dict:
-    """Mistral-7B's ratios (32 layers, intermediate 3.5 x hidden, 32 heads / 8 kv heads,
-    head_dim = hidden / 32, vocab 32000, untied head) with hidden chosen so that
-    params x itemsize is about size_bytes. hidden is a multiple of 64 (even head_dim)."""
-    # per layer: q, o: h^2; k, v: h^2/4 each; mlp: 3 * 3.5 h^2; 2 norms: 2h
-    # plus embed + lm_head: 2 V h, final norm: h
-    a = NUM_LAYERS * (2 + 0.5 + 3 * MLP_RATIO)
-    b = 2 * VOCAB + 2 * NUM_LAYERS + 1
-    target = size_bytes / itemsize
-    hidden = (-b + math.sqrt(b * b + 4 * a * target)) / (2 * a)
-    hidden = max(64, round(hidden / 64) * 64)
-    return {
-        "architectures": ["MistralForCausalLM"],
-        "model_type": "mistral",
-        "vocab_size": VOCAB,
-        "hidden_size": hidden,
-        "intermediate_size": int(MLP_RATIO * hidden),
-        "num_hidden_layers": NUM_LAYERS,
-        "num_attention_heads": NUM_HEADS,
-        "num_key_value_heads": NUM_KV_HEADS,
-        "head_dim": hidden // NUM_HEADS,
-        "hidden_act": "silu",
-        "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "sliding_window": None,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "attention_bias": False,
-    }
-
-
-def hf_tensor_specs(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
-    """HF names and shapes in model order, from the family's parameter table."""
-    from solar_jax.config import ModelConfig
-
-    config = ModelConfig.from_hf(cfg)
-    rows = config.arch.params_for(config)
-    specs = [(r.hf_name, r.hf_shape(r.shape(config))) for r in rows if not r.stacked][:1]
-    for n in range(config.num_layers):  # HF order: the embedding, each layer, then the rest
-        specs += [(r.hf_name.format(i=n), r.hf_shape(r.shape(config))) for r in rows if r.stacked]
-    specs += [(r.hf_name, r.hf_shape(r.shape(config))) for r in rows if not r.stacked][1:]
-    return specs
-
-
-def largest_stacked_param(cfg: dict, itemsize: int) -> tuple[str, int]:
-    """Biggest leaf of the solar-jax pytree (a kernel stacked over layers, or the
-    embedding), from the family's parameter table."""
-    from solar_jax.config import ModelConfig
-
-    config = ModelConfig.from_hf(cfg)
-    sizes = {r.name: math.prod(r.shape(config)) * (config.num_layers if r.stacked else 1)
-             for r in config.arch.params_for(config)}
-    name = max(sizes, key=sizes.get)
-    return name, sizes[name] * itemsize
-
-
-def _write_shard(path: Path, specs, fetch) -> None:
-    """One safetensors file, header from shapes, then each tensor as it is generated."""
-    import numpy as np
-
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape, dtype in specs:
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        header[name] = {"dtype": {"bfloat16": "BF16", "float32": "F32"}[dtype.name],
-                        "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for name, shape, dtype in specs:
-            array = np.ascontiguousarray(fetch(name, shape))
-            assert array.dtype == dtype and array.shape == tuple(shape)
-            f.write(array.reshape(-1).view(np.uint8).data)  # bf16 has no buffer protocol
-            del array
-
-
-def write_random_checkpoint(dst: Path, cfg: dict, dtype_name: str, shard_bytes: int,
-                            seed: int = 0) -> int:
-    """Random HF folder, one tensor in memory at a time. Returns the bytes of weights."""
-    import ml_dtypes
-    import numpy as np
-
-    from solar_jax.checkpoint.safetensors_io import plan_shards
-
-    np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(np.float32)
-    rng = np.random.default_rng(seed)
-    specs = [(name, shape, np_dtype) for name, shape in hf_tensor_specs(cfg)]
-
-    def fetch(name: str, shape):
-        x = rng.standard_normal(shape, dtype=np.float32)
-        if name.endswith("norm.weight"):
-            x *= 0.05
-            x += 1.0
-        else:
-            x *= 0.02
-        return x.astype(np_dtype, copy=False)
-
-    dst.mkdir(parents=True, exist_ok=True)
-    shards = plan_shards(specs, shard_bytes)
-    weight_map, total = {}, 0
-    for k, shard in enumerate(shards):
-        fname = ("model.safetensors" if len(shards) == 1
-                 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors")
-        _write_shard(dst / fname, shard, fetch)
-        for name, shape, dt in shard:
-            weight_map[name] = fname
-            total += int(np.prod(shape)) * dt.itemsize
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (dst / "config.json").write_text(json.dumps({**cfg, "torch_dtype": dtype_name}, indent=2) + "\n")
-    (dst / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]}) + "\n")
-    return total
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ckpt_gen import (DTYPES, GIB, largest_stacked_param, machine_info,  # noqa: E402
+                       mistral_shape, write_random_checkpoint)
 
 # --------------------------------------------------------------------------- the child
 
@@ -252,23 +120,45 @@ def _poll(pid: int, peaks: dict, stop: threading.Event, period: float = 0.02) ->
         stop.wait(period)
 
 
-def run_repeated(step: str, args: list[str], workdir: Path, preload: str | None,
-                 repeat: int, dst: Path | None = None) -> dict:
-    """run_step `repeat` times (DST removed before each); keeps the fastest run's figures
-    and the highest peak RSS over all runs."""
-    runs = []
+def run_interleaved(steps: list[tuple[str, list[str], Path]], workdir: Path,
+                    preload: str | None, repeat: int) -> dict:
+    """Each round runs every step once, in order (DST removed before each), so the peer and
+    solar-jax see the same load on a shared machine; per step: the fastest run's figures,
+    the highest peak RSS, and every run's wall time (`all_step_s`, one per round)."""
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in steps}
+    failed: dict[str, dict] = {}
     for _ in range(repeat):
-        if dst is not None:
+        for name, args, dst in steps:
+            if name in failed or (name == "to_hf" and "to_solar" in failed):
+                continue
             shutil.rmtree(dst, ignore_errors=True)
-        r = run_step(step, args, workdir, preload)
-        if "failed" in r:
-            return r
-        runs.append(r)
-    best = dict(min(runs, key=lambda r: r["step_s"]))
-    best["peak_rss"] = max(r["peak_rss"] for r in runs)
-    best["all_step_s"] = [r["step_s"] for r in runs]
-    best["all_peak_rss"] = [r["peak_rss"] for r in runs]
-    return best
+            r = run_step(name, args, workdir, preload)
+            if "failed" in r:
+                failed[name] = r
+                continue
+            runs[name].append(r)
+            _done(name, r)
+    out = dict(failed)
+    for name, rs in runs.items():
+        if name in failed or not rs:
+            continue
+        best = dict(min(rs, key=lambda r: r["step_s"]))
+        best["peak_rss"] = max(r["peak_rss"] for r in rs)
+        best["all_step_s"] = [r["step_s"] for r in rs]
+        best["all_process_s"] = [r["process_s"] for r in rs]
+        best["all_peak_rss"] = [r["peak_rss"] for r in rs]
+        out[name] = best
+    return out
+
+
+def paired_ratio(results: dict, ours: list[str], peer: str, key: str) -> float | None:
+    """Median over rounds of (sum of our steps) / peer, each round's runs side by side."""
+    if any(k not in results or "failed" in results[k] for k in (*ours, peer)):
+        return None
+    rounds = zip(*(results[k][key] for k in ours), results[peer][key])
+    ratios = sorted(sum(r[:-1]) / r[-1] for r in rounds)
+    return ratios[len(ratios) // 2] if len(ratios) % 2 else \
+        (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
 
 
 def run_step(step: str, args: list[str], workdir: Path, preload: str | None = None) -> dict:
@@ -335,28 +225,6 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def machine_info() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), "?")
-    except OSError:
-        pass
-    free = subprocess.run(["free", "-g"], check=False, capture_output=True, text=True).stdout.strip()
-    versions = {"python": platform.python_version()}
-    for dist in ("jax", "orbax-checkpoint", "tensorstore", "numpy", "transformers", "torch",
-                 "safetensors"):
-        try:
-            versions[dist] = version(dist)
-        except PackageNotFoundError:
-            versions[dist] = "?"
-    return {"nproc": os.cpu_count(), "cpu": cpu, "free_g": free, "versions": versions,
-            "kernel": platform.release()}
-
-
 def gib(n: float) -> str:
     return f"{n / GIB:.2f}"
 
@@ -375,7 +243,8 @@ def main() -> None:
                     help="shard size of the random source checkpoint (default 1 GB)")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="run each measured step N times: fastest wall time, highest peak RSS")
+                    help="N interleaved rounds of the measured steps (to_solar, to_hf, "
+                         "transformers): fastest wall time, highest peak RSS, paired ratios")
     ap.add_argument("--json", default=None, help="also write all figures to this JSON file")
     ap.add_argument("--child-preload", default=None, metavar="FILE.py",
                     help="run this Python file in every measured process before its step "
@@ -416,23 +285,16 @@ def main() -> None:
         if not opts.skip_transformers:
             results["import_hf"] = run_step("import_hf", [], workdir, pre)
         print("baselines measured", flush=True)
-        rep = opts.repeat
-        results["to_solar"] = run_repeated("to_solar", [str(src), str(solar)], workdir, pre, rep,
-                                           solar)
-        _done("HF -> solar", results["to_solar"])
-        if "failed" not in results["to_solar"]:
-            results["to_hf"] = run_repeated("to_hf", [str(solar), str(hf_out)], workdir, pre, rep,
-                                            hf_out)
-            _done("solar -> HF", results["to_hf"])
+        steps = [("to_solar", [str(src), str(solar)], solar),
+                 ("to_hf", [str(solar), str(hf_out)], hf_out)]
+        if not opts.skip_transformers:
+            steps.append(("transformers", [str(src), str(tf_out), dtype_name], tf_out))
+        results.update(run_interleaved(steps, workdir, pre, opts.repeat))
         if "failed" not in results.get("to_hf", {"failed": 1}):
             t0 = time.perf_counter()
             n = verify_roundtrip(src, hf_out)
             print(f"round trip verified: {n} tensors bitwise equal "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
-        if not opts.skip_transformers:
-            results["transformers"] = run_repeated(
-                "transformers", [str(src), str(tf_out), dtype_name], workdir, pre, rep, tf_out)
-            _done("transformers", results["transformers"])
         sizes = {name: dir_bytes(path) for name, path in
                  (("source", src), ("solar", solar), ("hf_roundtrip", hf_out),
                   ("transformers_out", tf_out)) if path.exists()}
@@ -459,6 +321,11 @@ def main() -> None:
             print(f"  {label}: peak {gib(peak)} GiB -> {verdict} the goal by "
                   f"{(peak - goal) / 2**20:+.0f} MiB (peak - constant = "
                   f"{(peak - constant) / leaf_bytes:.2f} x largest)")
+        for key, what in (("all_step_s", "step"), ("all_process_s", "whole process")):
+            ratio = paired_ratio(results, ["to_solar", "to_hf"], "transformers", key)
+            if ratio is not None:
+                print(f"round trip HF -> solar -> HF vs transformers load + save ({what} wall, "
+                      f"median of {opts.repeat} paired rounds): {ratio:.2f}x")
         print(f"load average (1 min) before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
               f"on {os.cpu_count()} CPUs (other work on the machine inflates wall times)")
         print("on-disk sizes: " + ", ".join(f"{k} {gib(v)} GiB" for k, v in sizes.items()))

@@ -1,6 +1,8 @@
 """Wall time and peak RSS of `solar-jax upscale`, beside mergekit's `mergekit-yaml`.
 
-Two cases, each tool run in its own fresh process on the same input with the same recipe:
+Three cases, each tool run in its own fresh process on the same input with the same recipe;
+with --repeat N the commands of a case run in N interleaved rounds (one run of each per
+round) and the wall ratio is the median of the rounds' ratios:
 
   smol    SmolLM2-135M-Instruct, 30 -> 44 layers, slices [0, 22] + [8, 30]. solar-jax reads
           the GGUF directly (mergekit cannot) and also the bf16 HF folder converted from it,
@@ -8,6 +10,8 @@ Two cases, each tool run in its own fresh process on the same input with the sam
   solar   SOLAR's recipe (n=32, m=8: [0, 24] + [8, 32] -> 48 layers) on a random
           Mistral-shaped bf16 HF checkpoint of --size-gb (default 2 GB), written to HF
           (as mergekit) and to a solar-jax checkpoint.
+  7b      SOLAR's job at its real scale: the same recipe on a random Mistral-7B-shaped bf16
+          checkpoint (14.5 GB, generated here, deleted afterwards), HF out (21.5 GB).
 
 Peak RSS is the process's VmHWM (the kernel's high-water mark, reset at exec) polled from
 /proc every 10 ms until exit; both tools' outputs are compared tensor by tensor (bitwise)
@@ -35,7 +39,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_memory import machine_info, mistral_shape, write_random_checkpoint  # noqa: E402
+from _ckpt_gen import machine_info, mistral_7b, mistral_shape, write_random_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLAR_JAX = str(Path(sys.executable).parent / "solar-jax")
@@ -53,16 +57,21 @@ def smol_gguf() -> Path:
 REPEAT = 1
 
 
-def measure(cmd: list[str], log: Path, out: Path | None = None) -> dict:
-    """Best wall time and worst peak RSS of REPEAT runs (on a shared machine the minimum
-    is the least disturbed); one run is measure_once."""
-    runs = []
+def measure_rounds(runs: list[tuple[str, list[str], Path]], work: Path, tag: str) -> list[dict]:
+    """REPEAT rounds, each running every command once in turn (a fresh output each time),
+    so solar-jax and its peer share each round's load on a shared machine. Per command: best
+    wall, worst peak RSS and every round's wall (`walls`, for paired ratios)."""
+    rows = [{"run": label, "walls": [], "peak_rss": 0} for label, _, _ in runs]
     for _ in range(REPEAT):
-        if out is not None:  # every run writes a fresh output
+        for row, (label, cmd, out) in zip(rows, runs):
             shutil.rmtree(out, ignore_errors=True)
-        runs.append(measure_once(cmd, log))
-    return {"wall_s": min(r["wall_s"] for r in runs),
-            "peak_rss": max(r["peak_rss"] for r in runs)}
+            r = measure_once(cmd, work / f"log-{tag}-{len(row['walls'])}-{label.split()[-1]}.txt")
+            row["walls"].append(r["wall_s"])
+            row["peak_rss"] = max(row["peak_rss"], r["peak_rss"])
+            print(f"  {label}: {r['wall_s']:.1f} s, {r['peak_rss'] / 1e9:.2f} GB", flush=True)
+    for row in rows:
+        row["wall_s"] = min(row["walls"])
+    return rows
 
 
 def measure_once(cmd: list[str], log: Path) -> dict:
@@ -141,40 +150,39 @@ def recipe(path: Path, model: Path, ranges, dtype: str = "bfloat16") -> Path:
 def run_case(name: str, work: Path, src: Path, ranges, mergekit: str | None,
              extra_runs: list[tuple[str, list[str], Path]]) -> list[dict]:
     rec = recipe(work / f"{name}.yaml", src, ranges)
-    rows = []
-    for label, cmd, out in extra_runs:
-        rows.append({"case": name, "run": label,
-                     **measure(cmd, work / f"log-{name}-{label.split()[-1]}.txt", out)})
-        print(f"  {label}: {rows[-1]['wall_s']:.1f} s, {rows[-1]['peak_rss'] / 1e9:.2f} GB", flush=True)
-    ours = work / f"{name}-solar-jax-hf"
-    rows.append({"case": name, "run": "solar-jax upscale -> hf",
-                 **measure([SOLAR_JAX, "upscale", str(src), str(ours), "--recipe", str(rec),
-                            "--to", "hf"], work / f"log-{name}-ours.txt", ours)})
-    print(f"  solar-jax -> hf: {rows[-1]['wall_s']:.1f} s, {rows[-1]['peak_rss'] / 1e9:.2f} GB",
-          flush=True)
+    ours, theirs = work / f"{name}-solar-jax-hf", work / f"{name}-mergekit"
+    runs = [*extra_runs, ("solar-jax upscale -> hf",
+                          [SOLAR_JAX, "upscale", str(src), str(ours), "--recipe", str(rec),
+                           "--to", "hf"], ours)]
     if mergekit:
-        theirs = work / f"{name}-mergekit"
         # --clone-tensors: repeated layers would otherwise share storage, which safetensors
         # refuses to save; --no-write-model-card: no README to render.
-        rows.append({"case": name, "run": "mergekit-yaml",
-                     **measure([mergekit, str(rec), str(theirs), "--clone-tensors",
-                                "--no-write-model-card", "--quiet"],
-                               work / f"log-{name}-mergekit.txt", theirs)})
-        print(f"  mergekit: {rows[-1]['wall_s']:.1f} s, {rows[-1]['peak_rss'] / 1e9:.2f} GB",
-              flush=True)
+        runs.append(("mergekit-yaml", [mergekit, str(rec), str(theirs), "--clone-tensors",
+                                       "--no-write-model-card", "--quiet"], theirs))
+    rows = [{"case": name, **r} for r in measure_rounds(runs, work, name)]
+    if mergekit:
         rows[-1]["check"] = same_weights(ours, theirs)
         print(f"  outputs: {rows[-1]['check']}", flush=True)
+    for label, _, out in runs:  # the 7B case's outputs are 21.5 GB each
+        shutil.rmtree(out, ignore_errors=True)
     return rows
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| case | run | wall (s) | peak RSS (GB) | wall / mergekit | RSS / mergekit |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| case | run | wall (s, best) | peak RSS (GB) | wall / mergekit (paired median) "
+             "| RSS / mergekit |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         ref = next((x for x in rows if x["case"] == r["case"] and x["run"] == "mergekit-yaml"), None)
-        ratio = (lambda k: f"{r[k] / ref[k]:.2f}x") if ref else (lambda k: "n/a")
+        wall = (f"{_median([a / b for a, b in zip(r['walls'], ref['walls'])]):.2f}x"
+                if ref else "n/a")
+        rss = f"{r['peak_rss'] / ref['peak_rss']:.2f}x" if ref else "n/a"
         lines.append(f"| {r['case']} | {r['run']} | {r['wall_s']:.1f} | {r['peak_rss'] / 1e9:.2f} "
-                     f"| {ratio('wall_s')} | {ratio('peak_rss')} |")
+                     f"| {wall} | {rss} |")
     return "\n".join(lines)
 
 
@@ -183,7 +191,11 @@ def main() -> None:
     ap.add_argument("--mergekit", default=None, metavar="PATH",
                     help="mergekit-yaml executable (in a side venv)")
     ap.add_argument("--size-gb", type=float, default=2.0, help="random Mistral checkpoint size")
-    ap.add_argument("--cases", default="smol,solar")
+    ap.add_argument("--cases", default="smol,solar",
+                    help="comma-separated: smol, solar, 7b (Mistral-7B shape, 14.5 GB source, "
+                         "two 21.5 GB outputs: ~60 GB of disk)")
+    ap.add_argument("--shard-size-gb", type=float, default=1.0,
+                    help="shard size of the random 7b source")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--results", default=None, metavar="FILE.md", help="write the table here")
@@ -227,6 +239,18 @@ def main() -> None:
                 ("solar-jax upscale --m 8 -> solar",
                  [SOLAR_JAX, "upscale", str(src), str(work / "solar-solar-jax"), "--m", "8"],
                  work / "solar-solar-jax")])
+        if "7b" in cases:
+            cfg, src = mistral_7b(), work / "mistral-7b-hf"
+            if not (src / "config.json").is_file():
+                t0 = time.perf_counter()
+                write_random_checkpoint(src, cfg, "bfloat16", int(opts.shard_size_gb * 1e9))
+                print(f"7b: wrote the random source in {time.perf_counter() - t0:.0f} s", flush=True)
+            size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+            print(f"7b: SOLAR's job at scale, 32 -> 48 layers on a random Mistral-7B-shaped "
+                  f"bf16 checkpoint ({size / 1e9:.2f} GB, "
+                  f"{len(list(src.glob('*.safetensors')))} shards)", flush=True)
+            rows += run_case("7b", work, src, [(0, 24), (8, 32)], mergekit, [])
+            shutil.rmtree(src, ignore_errors=True)
     finally:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)

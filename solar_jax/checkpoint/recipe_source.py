@@ -24,7 +24,7 @@ from solar_jax import merge_methods
 from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.output import write_source
 from solar_jax.checkpoint.recipe_plan import Job, build_plan
-from solar_jax.checkpoint.sources import NamedTensorSource, ParamSource, open_source
+from solar_jax.checkpoint.sources import ParamSource, open_source
 from solar_jax.destination import check_destination
 from solar_jax.errors import SolarError
 from solar_jax.recipes import Recipe, write_recipe_file
@@ -41,6 +41,9 @@ class RecipeSource(ParamSource):
         self.config = self.base.config.replace(num_layers=len(plan.layers))
         self.method = merge_methods.get(plan.method)
         self.rules = {r.path: r for r in hf_names.rules_for(self.config)}
+        # one output layer needs one layer of each input it reads: true where every input
+        # reads single layers (a solar-jax checkpoint reads whole leaves)
+        self.layer_reads = all(s.layer_reads for s in sources.values())
 
     @property
     def extras_source(self) -> ParamSource:
@@ -75,6 +78,18 @@ class RecipeSource(ParamSource):
                 out = np.empty((len(jobs), *merged.shape), dtype)
             out[slot] = merged
         return out
+
+    def stored_tensor(self, path, index, dtype):
+        """A passthrough copy of one input tensor, unscaled and in its dtype, is that
+        input's stored bytes (an HF input's file range): the HF writer copies them."""
+        path = tuple(path)
+        if not self.method.stacks_layers:
+            return None
+        job = self.plan.jobs[path][index] if path[0] == "layers" else self.plan.globals[path]
+        if len(job.inputs) != 1 or job.model_params[0].get("scale") not in (None, 1):
+            return None
+        key, layer = job.inputs[0]
+        return self.sources[key].stored_tensor(path, layer or 0, dtype)
 
     def _passthrough(self, path, jobs: list[Job], dtype) -> np.ndarray:
         # One read per source model with all the layers it contributes (repeats included),
@@ -119,16 +134,16 @@ class RecipeSource(ParamSource):
 
 
 class _LayerReader:
-    """One layer of one leaf of one input. Per-tensor formats (HF, GGUF) read just that
-    layer; a solar-jax checkpoint stores the stacked leaf whole, so it is read once per
-    leaf and indexed."""
+    """One layer of one leaf of one input. Per-tensor formats (HF, GGUF) and layer-chunked
+    solar-jax checkpoints read just that layer; a checkpoint that stores the stacked leaf
+    in one chunk is read once per leaf and indexed."""
 
     def __init__(self, sources: dict[str, ParamSource], path):
         self.sources, self.path, self.cache = sources, path, {}
 
     def get(self, key: str, layer: int) -> np.ndarray:
         source = self.sources[key]
-        if isinstance(source, NamedTensorSource):
+        if source.layer_reads:
             return source.read_leaf(self.path, layers=[layer])[0]
         if key not in self.cache:
             self.cache[key] = source.read_leaf(self.path)

@@ -9,6 +9,7 @@ computed from shapes alone, streaming the tensors after it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -28,6 +29,19 @@ ST_TO_NUMPY = {
 }
 NUMPY_TO_ST = {v: k for k, v in ST_TO_NUMPY.items()}
 MAX_HEADER = 100 * 1024 * 1024
+COPY_BLOCK = 64 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """A tensor's bytes where they lie in a safetensors file, handed to the writer in place
+    of an array when the output needs exactly these bytes: the copy then runs in the kernel
+    (copy_file_range) with no decode, no transpose and no buffer in this process."""
+    path: Path
+    offset: int
+    nbytes: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
 
 
 class SafetensorsFile:
@@ -73,6 +87,10 @@ class SafetensorsFile:
     def dtype(self, name: str) -> np.dtype:
         return self.entries[name][0]
 
+    def stored(self, name: str) -> StoredTensor:
+        dtype, shape, begin, end = self.entries[name]
+        return StoredTensor(self.path, self.data_start + begin, end - begin, dtype, shape)
+
     def read(self, name: str) -> np.ndarray:
         dtype, shape, begin, end = self.entries[name]
         out = np.empty(shape, dtype)
@@ -86,9 +104,11 @@ class SafetensorsFile:
 
 
 def write_safetensors(path: str | Path, specs: list[tuple[str, tuple[int, ...], np.dtype]],
-                      fetch: Callable[[str], np.ndarray],
-                      metadata: dict[str, str] | None = None) -> None:
-    """Write tensors `specs` (name, shape, dtype), fetching each only when it is written."""
+                      fetch: Callable[[str], np.ndarray | StoredTensor],
+                      metadata: dict[str, str] | None = None, *, sync: bool = True) -> None:
+    """Write tensors `specs` (name, shape, dtype), fetching each only when it is written.
+    `fetch` returns an array or a StoredTensor to copy byte for byte. With sync=False the
+    caller fsyncs the file later (so the disk writes it back while the next is produced)."""
     header: dict = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
     for name, shape, dtype in specs:
@@ -102,14 +122,50 @@ def write_safetensors(path: str | Path, specs: list[tuple[str, tuple[int, ...], 
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, dtype in specs:
-            array = np.ascontiguousarray(fetch(name))
-            if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
-                raise SolarError(f"internal: tensor {name} is {array.dtype}{array.shape}, "
-                                 f"expected {np.dtype(dtype)}{tuple(shape)}")
+            item = fetch(name)
+            if isinstance(item, StoredTensor):
+                _check(name, item.dtype, item.shape, dtype, shape)
+                f.flush()
+                copy_range(item, f)
+                continue
+            array = np.ascontiguousarray(item)
+            _check(name, array.dtype, array.shape, dtype, shape)
             f.write(array.reshape(-1).view(np.uint8).data)
-            del array
+            del array, item
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
+
+
+def _check(name, got_dtype, got_shape, dtype, shape) -> None:
+    if tuple(got_shape) != tuple(shape) or np.dtype(got_dtype) != np.dtype(dtype):
+        raise SolarError(f"internal: tensor {name} is {np.dtype(got_dtype)}{tuple(got_shape)}, "
+                         f"expected {np.dtype(dtype)}{tuple(shape)}")
+
+
+def copy_range(item: StoredTensor, out) -> None:
+    """Append item's bytes to the open binary file `out` (its position is kept in step)."""
+    with open(item.path, "rb") as src:
+        done = 0
+        try:
+            while done < item.nbytes:
+                n = os.copy_file_range(src.fileno(), out.fileno(), item.nbytes - done,
+                                       item.offset + done)
+                if n == 0:
+                    break
+                done += n
+        except (AttributeError, OSError):  # no copy_file_range here (or across these files)
+            src.seek(item.offset + done)
+            while done < item.nbytes:
+                block = src.read(min(COPY_BLOCK, item.nbytes - done))
+                if not block:
+                    break
+                out.write(block)
+                done += len(block)
+            out.flush()
+        if done != item.nbytes:
+            raise SolarError(f"{item.path} is truncated while copying a tensor")
+    out.seek(0, os.SEEK_END)
 
 
 def plan_shards(specs: Iterable[tuple[str, tuple[int, ...], np.dtype]],

@@ -7,7 +7,10 @@
 
 Params are written with orbax's partial save, one leaf per call, so a conversion holds one
 stacked leaf at a time; the finished directory is a normal orbax checkpoint that
-`orbax.checkpoint` restores whole or leaf by leaf. The layout is stored so that loading a
+`orbax.checkpoint` restores whole or leaf by leaf. Where a checkpoint stores its stacked
+leaves one layer per chunk (orbax's storage sharding along axis 0; LeafWriter.layer_chunks),
+a reader that wants one layer (the HF writer, a merge) reads just that chunk through
+tensorstore instead of the whole leaf; other checkpoints are read leaf by leaf. The layout is stored so that loading a
 checkpoint into a model of another layout fails with a message, not a shape error.
 """
 
@@ -17,6 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import tensorstore as ts
 
 from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.sources import TOKENIZER_FILES, ParamSource
@@ -48,6 +52,12 @@ def write_config(dst: Path, config: ModelConfig) -> None:
 class LeafWriter:
     """Adds leaves to an orbax checkpoint at dst/params one at a time."""
 
+    # Stacked leaves one layer per chunk? Off: orbax writes each chunk as its own shard,
+    # which took 2.6x the save time and ~1.5 leaves of extra memory (a 200 MB leaf, 2 CPUs;
+    # benchmarks/RESULTS.md, 2026-12-02), so writing would cost more than per-layer reading
+    # saves. Readers handle both layouts.
+    layer_chunks = False
+
     def __init__(self, dst: Path):
         from orbax.checkpoint.experimental.v1 import partial
         self._partial = partial
@@ -65,6 +75,9 @@ class LeafWriter:
         context = ocp1.Context()
         context.memory.deepcopy_host_arrays = False
         context.array.saving.use_compression = False
+        if self.layer_chunks and path[0] == "layers":  # one chunk per layer: see the module docstring
+            context.array.saving.storage_options = \
+                ocp1.options.ArrayOptions.Saving.StorageOptions(shard_axes=(0,))
         with context, _quiet():
             self._partial.save(self._path, tree)
         self._written += 1
@@ -103,6 +116,28 @@ class SolarSource(ParamSource):
             raise SolarError(f"{self.location} has no finished parameter checkpoint")
         self._specs = self._read_specs()
         self._check_shapes()
+        self._layer_stores = self._open_layer_stores()
+        self.layer_reads = self._layer_stores is not None
+
+    def _open_layer_stores(self) -> dict | None:
+        """Every stacked leaf opened as a tensorstore array when each is chunked one layer
+        per chunk; None where any is not (or the layout is not orbax's zarr3 in OCDBT)."""
+        stores = {}
+        for rule in hf_names.rules_for(self.config):
+            if not rule.stacked:
+                continue
+            spec = {"driver": "zarr3", "kvstore": {
+                "driver": "ocdbt", "base": f"file://{self._params}",
+                "path": ".".join((*self._prefix, *rule.path))}}
+            try:
+                store = ts.open(spec, open=True, read=True).result()
+            except ValueError:  # not the layout we wrote: fall back to orbax, leaf by leaf
+                return None
+            if store.chunk_layout.read_chunk.shape[0] != 1 or \
+                    tuple(store.shape) != self._specs[rule.path][0]:
+                return None
+            stores[rule.path] = store
+        return stores
 
     def _read_specs(self) -> dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]:
         ocp = _ocp()
@@ -143,6 +178,15 @@ class SolarSource(ParamSource):
         return self._specs[tuple(path)]
 
     def read_leaf(self, path, layers=None):
+        path = tuple(path)
+        if layers is not None and self._layer_stores and path in self._layer_stores:
+            store = self._layer_stores[path]
+            shape, dtype = self._specs[path]
+            layers = list(layers)
+            out = np.empty((len(layers), *shape[1:]), dtype)
+            for slot, layer in enumerate(layers):
+                out[slot] = store[int(layer)].read().result()
+            return out
         ocp = _ocp()
         item: dict = {}
         args: dict = {}

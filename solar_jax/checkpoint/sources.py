@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from solar_jax.checkpoint import hf_names
-from solar_jax.checkpoint.safetensors_io import SafetensorsFile
+from solar_jax.checkpoint.safetensors_io import SafetensorsFile, StoredTensor
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
 
@@ -31,6 +31,9 @@ class ParamSource:
 
     config: ModelConfig
     location: Path
+    # True where read_leaf(path, layers=[i]) reads one layer's data, so a writer may stream
+    # a stacked leaf layer by layer; False where it reads the whole leaf anyway.
+    layer_reads = False
 
     def leaf_paths(self) -> list[LeafPath]:
         return [r.path for r in hf_names.rules_for(self.config)]
@@ -40,6 +43,12 @@ class ParamSource:
 
     def read_leaf(self, path: LeafPath, layers: list[int] | None = None) -> np.ndarray:
         raise NotImplementedError
+
+    def stored_tensor(self, path: LeafPath, index: int, dtype: np.dtype) -> StoredTensor | None:
+        """Where the bytes of HF tensor `index` of leaf `path` (the layer; 0 for an unstacked
+        leaf) already lie in a safetensors file exactly as an HF output in `dtype` stores
+        them, or None: the HF writer then copies them instead of decoding."""
+        return None
 
     def copy_extras(self, dst: Path) -> None:
         """Copy tokenizer and generation config files next to exported weights."""
@@ -54,6 +63,8 @@ class ParamSource:
 
 class NamedTensorSource(ParamSource):
     """A source whose tensors are addressed by Hugging Face names (HF folders, GGUF)."""
+
+    layer_reads = True
 
     def tensor_names(self) -> set[str]:
         raise NotImplementedError
@@ -152,6 +163,13 @@ class HFSource(NamedTensorSource):
 
     def read_tensor(self, name):
         return self._files[self._where[name]].read(name)
+
+    def stored_tensor(self, path, index, dtype):
+        # validate() checked every shape against the config, so the bytes are the HF tensor
+        name = hf_names.hf_names(_rule(self.config, path), self.config)[index]
+        if self.tensor_dtype(name) != np.dtype(dtype):
+            return None
+        return self._files[self._where[name]].stored(name)
 
     def copy_extras(self, dst: Path) -> None:
         for name in (*TOKENIZER_FILES, "generation_config.json"):
