@@ -11,7 +11,7 @@ from solar_jax.checkpoint.gguf_source import GGUFSource
 from solar_jax.checkpoint.memory_source import MemorySource
 from solar_jax.checkpoint.output import check_gguf_options as _check_gguf_options
 from solar_jax.checkpoint.output import FORMATS, write_source
-from solar_jax.checkpoint.sources import open_source
+from solar_jax.checkpoint.opener import open_source
 from solar_jax.checkpoint.writers import numpy_dtype
 from solar_jax.config import canonical_dtype
 from solar_jax.destination import check_destination

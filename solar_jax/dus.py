@@ -17,7 +17,7 @@ from typing import Sequence
 from solar_jax import merge_methods
 from solar_jax.checkpoint.output import check_output
 from solar_jax.checkpoint.recipe_source import open_recipe, write_recipe
-from solar_jax.checkpoint.sources import open_source
+from solar_jax.checkpoint.opener import open_source
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
 from solar_jax.recipes import InputSlice, OutputSlice, Recipe, load_recipe

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 
 import solar_jax
 from conftest import make_hf_model, torch_logits
-from solar_jax.checkpoint.sources import open_source
+from solar_jax.checkpoint.opener import open_source
 from solar_jax.cli import main
 from solar_jax.dus import solar_ranges, upscale
 

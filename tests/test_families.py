@@ -14,7 +14,7 @@ import yaml
 import solar_jax
 from conftest import make_hf_model, torch_logits
 from solar_jax.checkpoint.safetensors_io import SafetensorsFile
-from solar_jax.checkpoint.sources import open_source
+from solar_jax.checkpoint.opener import open_source
 from solar_jax.cli import main
 
 FAMILIES = ["qwen2", "qwen3"]

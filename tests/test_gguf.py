@@ -15,7 +15,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from solar_jax.checkpoint.gguf_source import GGUFSource  # noqa: E402
-from solar_jax.checkpoint.sources import open_source  # noqa: E402
+from solar_jax.checkpoint.opener import open_source  # noqa: E402
 from solar_jax.demo import smollm2_gguf  # noqa: E402
 from solar_jax.errors import SolarError  # noqa: E402
 from solar_jax.tree_paths import set_leaf  # noqa: E402

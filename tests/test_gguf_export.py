@@ -18,7 +18,7 @@ from gguf_helpers import (Q, VOCAB, export, gguf_logits, gguf_name,  # noqa: E40
                           write_bpe_tokenizer)
 from solar_jax.checkpoint import hf_names  # noqa: E402
 from solar_jax.checkpoint.gguf_writer import write_gguf  # noqa: E402
-from solar_jax.checkpoint.sources import open_source  # noqa: E402
+from solar_jax.checkpoint.opener import open_source  # noqa: E402
 from solar_jax.cli import main  # noqa: E402
 from solar_jax.tree_paths import set_leaf  # noqa: E402
 

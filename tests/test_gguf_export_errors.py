@@ -16,7 +16,7 @@ from gguf_helpers import (VOCAB, export, gguf_logits, tiny,  # noqa: E402, F401
                           write_bpe_tokenizer)
 from solar_jax.checkpoint.gguf_source import GGUFSource  # noqa: E402
 from solar_jax.checkpoint.safetensors_io import SafetensorsFile  # noqa: E402
-from solar_jax.checkpoint.sources import open_source  # noqa: E402
+from solar_jax.checkpoint.opener import open_source  # noqa: E402
 from solar_jax.cli import main  # noqa: E402
 
 

@@ -4,16 +4,21 @@ decoded path, which is forced by switching the fast path off, and by reading wha
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
 from conftest import make_hf_model
-from solar_jax.checkpoint import safetensors_io, sources
+from solar_jax.api import load_model
+from solar_jax.checkpoint import safetensors_io, solar_format, sources
+from solar_jax.checkpoint.opener import open_source
 from solar_jax.checkpoint.safetensors_io import SafetensorsFile
 from solar_jax.cli import main
+from solar_jax.tree_paths import get_leaf
 
 SMALL = dict(hidden_size=32, intermediate_size=48, vocab_size=64, num_attention_heads=4,
              num_key_value_heads=2)
@@ -132,13 +137,6 @@ def test_copy_range_falls_back_without_copy_file_range(src, tmp_path, monkeypatc
 
 
 def test_solar_checkpoint_is_layer_chunked_round_trips_and_loads(src, tmp_path, monkeypatch):
-    import jax
-    import orbax.checkpoint as ocp
-
-    from solar_jax.api import load_model
-    from solar_jax.checkpoint import hf_names, solar_format
-    from solar_jax.checkpoint.sources import open_source
-
     monkeypatch.setattr(solar_format.LeafWriter, "layer_chunks", True)
     assert main(["convert", str(src), str(tmp_path / "sj")]) == 0
     solar = open_source(tmp_path / "sj")
@@ -165,10 +163,10 @@ def test_solar_checkpoint_is_layer_chunked_round_trips_and_loads(src, tmp_path, 
     # orbax still restores the checkpoint whole (training, load_model), bit for bit
     tree = ocp.PyTreeCheckpointer().restore(tmp_path / "sj" / "params" / "state")
     model = load_model(tmp_path / "sj")
-    layer = hf_names.get_leaf(tree, ("layers", "mlp", "down_proj", "kernel"))
+    layer = get_leaf(tree, ("layers", "mlp", "down_proj", "kernel"))
     assert layer.shape[0] == 8
     np.testing.assert_array_equal(
-        np.asarray(jax.device_get(hf_names.get_leaf(model.params, ("layers", "mlp", "down_proj",
+        np.asarray(jax.device_get(get_leaf(model.params, ("layers", "mlp", "down_proj",
                                                                    "kernel")))).view(np.uint16),
         np.asarray(layer).view(np.uint16))
     down = ref["model.layers.3.mlp.down_proj.weight"]
@@ -176,8 +174,6 @@ def test_solar_checkpoint_is_layer_chunked_round_trips_and_loads(src, tmp_path, 
 
 
 def test_unchunked_solar_checkpoint_is_read_leaf_by_leaf(src, tmp_path):
-    from solar_jax.checkpoint.sources import open_source
-
     assert main(["convert", str(src), str(tmp_path / "sj")]) == 0  # the default layout
     assert not open_source(tmp_path / "sj").layer_reads
     assert main(["upscale", str(tmp_path / "sj"), str(tmp_path / "up"), "--m", "2",

@@ -15,7 +15,7 @@ import solar_jax
 from conftest import make_hf_model
 from gguf_helpers import VOCAB, write_bpe_tokenizer  # a tokenizer llama.cpp accepts
 from solar_jax import merge_methods
-from solar_jax.checkpoint.sources import open_source
+from solar_jax.checkpoint.opener import open_source
 from solar_jax.cli import main
 from solar_jax.merge import merge_params
 from solar_jax.merge_methods.ties import trim

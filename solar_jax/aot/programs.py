@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from solar_jax.checkpoint.sources import open_source
+from solar_jax.checkpoint.opener import open_source
 from solar_jax.config import ModelConfig, list_presets
 from solar_jax.errors import SolarError
 from solar_jax.eval.scoring import _score_rows

@@ -11,9 +11,6 @@ import numpy as np
 
 from solar_jax.arch.base import Param
 from solar_jax.config import ModelConfig
-# Re-exported for solar_format.py alone, whose call sites move to tree_paths once it is
-# free to edit; everything else imports them from solar_jax.tree_paths.
-from solar_jax.tree_paths import Path, get_leaf, leaf_name, set_leaf  # noqa: F401
 Rule = Param  # a row of the parameter table
 
 

@@ -24,7 +24,8 @@ from solar_jax import merge_methods
 from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.output import write_source
 from solar_jax.checkpoint.recipe_plan import Job, build_plan
-from solar_jax.checkpoint.sources import ParamSource, open_source
+from solar_jax.checkpoint.opener import open_source
+from solar_jax.checkpoint.sources import ParamSource
 from solar_jax.destination import check_destination
 from solar_jax.errors import SolarError
 from solar_jax.recipes import Recipe, write_recipe_file

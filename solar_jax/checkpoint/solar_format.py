@@ -17,16 +17,19 @@ checkpoint into a model of another layout fails with a message, not a shape erro
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import tensorstore as ts
 
 from solar_jax.checkpoint import hf_names
+from solar_jax.checkpoint.gguf_source import GGUFSource
 from solar_jax.checkpoint.sources import TOKENIZER_FILES, ParamSource
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
 from solar_jax.orbax_util import quiet_orbax as _quiet
+from solar_jax.tree_paths import get_leaf, leaf_name, set_leaf
 
 CONFIG_FILE = "solar_config.json"
 PARAMS_DIR = "params"
@@ -35,6 +38,7 @@ LAYOUT = "scanned"
 
 
 def _ocp():
+    # deferred: orbax takes seconds to import, and HF/GGUF conversions never need it
     import orbax.checkpoint as ocp
     return ocp
 
@@ -68,7 +72,7 @@ class LeafWriter:
         from orbax.checkpoint.experimental import v1 as ocp1
 
         tree: dict = {}
-        hf_names.set_leaf(tree, path, np.asarray(array))
+        set_leaf(tree, path, np.asarray(array))
         # The save is synchronous and nobody mutates the array meanwhile, so orbax's defensive
         # host copy is pure overhead; zstd over one leaf-sized chunk costs ~0.8x the leaf in
         # scratch memory and 3x the time (benchmarks/RESULTS.md, convert_memory).
@@ -160,18 +164,19 @@ class SolarSource(ParamSource):
         return specs
 
     def _check_shapes(self) -> None:
-        from solar_jax.model.transformer import abstract_params
-
-        abstract = abstract_params(self.config)
+        # from the family's parameter table, as the HF and GGUF sources check theirs: no
+        # model (jax) is needed to read a checkpoint
         for rule in hf_names.rules_for(self.config):
-            want = tuple(hf_names.get_leaf(abstract, rule.path).shape)
+            want = tuple(rule.shape(self.config))
+            if rule.stacked:
+                want = (self.config.num_layers, *want)
             if rule.path not in self._specs:
-                raise SolarError(f"{self.location}: parameter {hf_names.leaf_name(rule.path)} is missing")
+                raise SolarError(f"{self.location}: parameter {leaf_name(rule.path)} is missing")
             got = self._specs[rule.path][0]
             if got != want:
                 hint = (" (an unstacked checkpoint? solar-jax stacks layers on axis 0)"
                         if rule.stacked and len(got) == len(want) - 1 else "")
-                raise SolarError(f"{self.location}: parameter {hf_names.leaf_name(rule.path)} has "
+                raise SolarError(f"{self.location}: parameter {leaf_name(rule.path)} has "
                                  f"shape {list(got)}, expected {list(want)}{hint}")
 
     def leaf_spec(self, path):
@@ -191,23 +196,21 @@ class SolarSource(ParamSource):
         item: dict = {}
         args: dict = {}
         full = (*self._prefix, *path)
-        hf_names.set_leaf(item, full, 0)
-        hf_names.set_leaf(args, full, ocp.RestoreArgs(restore_type=np.ndarray))
+        set_leaf(item, full, 0)
+        set_leaf(args, full, ocp.RestoreArgs(restore_type=np.ndarray))
         with _quiet():
             tree = ocp.PyTreeCheckpointer().restore(
                 self._params, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
                                                           partial_restore=True))
-        array = np.asarray(hf_names.get_leaf(tree, full))
+        array = np.asarray(get_leaf(tree, full))
         if layers is not None:
             array = array[np.asarray(layers)]
         return array
 
     def copy_extras(self, dst: Path) -> None:
-        import shutil
         if self._extras_dir is None:
             return
         if self._extras_dir.is_file():  # a GGUF the run started from
-            from solar_jax.checkpoint.gguf_source import GGUFSource
             GGUFSource(self._extras_dir).copy_extras(dst)
             return
         for name in (*TOKENIZER_FILES, "generation_config.json"):

@@ -1,7 +1,7 @@
 """Parameter sources: anything that can hand out our params one leaf at a time.
 
-`open_source(path)` recognises a solar-jax checkpoint, a Hugging Face folder, or a .gguf
-file. Every source exposes the model config, the shape/dtype of each leaf (from headers,
+`solar_jax.checkpoint.opener.open_source(path)` recognises a solar-jax checkpoint, a
+Hugging Face folder, or a .gguf file. Every source exposes the model config, the shape/dtype of each leaf (from headers,
 before any tensor data is read), and `read_leaf(path, layers=None)` that assembles one
 (stacked) leaf in memory. Converters, DUS and merge only ever hold a leaf or two.
 """
@@ -148,7 +148,7 @@ class HFSource(NamedTensorSource):
         else:
             pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
             if pickles:
-                raise SolarError(_pickle_message(path / pickles[0]))
+                raise SolarError(pickle_message(path / pickles[0]))
             raise SolarError(f"{path} has no model.safetensors or model.safetensors.index.json")
         self.validate()
 
@@ -177,7 +177,7 @@ class HFSource(NamedTensorSource):
                 shutil.copy2(self.location / name, dst / name)
 
 
-def _pickle_message(path: Path) -> str:
+def pickle_message(path: Path) -> str:
     return (f"refusing to load pickle checkpoint {path}: it can run arbitrary code. Convert it "
             f"to safetensors where you trust it, e.g. `python -c \"from transformers import "
             f"AutoModelForCausalLM as M; M.from_pretrained('DIR').save_pretrained('OUT', "
@@ -195,28 +195,3 @@ def _expected_layer_shapes(config: ModelConfig) -> dict[LeafPath, tuple[int, ...
     """Our per-layer shape of every leaf (the stacked ones without the layer axis), from
     the family's parameter table."""
     return {rule.path: rule.shape(config) for rule in hf_names.rules_for(config)}
-
-
-def open_source(path: str | Path) -> ParamSource:
-    """A solar-jax checkpoint dir, a training run dir (its latest checkpoint), a Hugging
-    Face folder, or a .gguf file."""
-    path = Path(path)
-    if not path.exists():
-        raise SolarError(f"source {path} does not exist")
-    if path.is_file():
-        if path.suffix == ".gguf":
-            from solar_jax.checkpoint.gguf_source import GGUFSource
-            return GGUFSource(path)
-        if path.suffix in PICKLE_SUFFIXES:
-            raise SolarError(_pickle_message(path))
-        if path.suffix == ".safetensors":
-            raise SolarError(f"{path} is a bare safetensors file; pass the folder holding it "
-                             f"and its config.json")
-        raise SolarError(f"unrecognised source file {path} (expected a .gguf file or a folder)")
-    from solar_jax.checkpoint.solar_format import (RunSource, SolarSource, is_run_dir,
-                                                   is_solar_checkpoint)
-    if is_solar_checkpoint(path):
-        return SolarSource(path)
-    if is_run_dir(path):
-        return RunSource(path)
-    return HFSource(path)

@@ -34,9 +34,10 @@ from solar_jax.errors import SolarError
 
 # Reading leaf k+1 while orbax writes leaf k overlaps the CPU-bound decode with the disk
 # (0.86x the wall of HF -> solar at 2 GB, measured in pairs) but holds two leaves, so only
-# pairs within this budget get it: a 10.7B model's 5.6 GB leaves are read one at a time
-# and its peak stays one leaf.
-PREFETCH_BYTES = 1 << 30
+# pairs within this budget get it. 256 MiB keeps the conversion's peak at about one leaf
+# from the 2 GB benchmark up (issue 2's bound: 1.10 GiB there; with 1 GiB it was 1.21), and
+# a 10.7B model's 5.6 GB leaves are read one at a time.
+PREFETCH_BYTES = 256 << 20
 
 
 def guarded_stage(source: ParamSource, dst: str | Path, overwrite: bool):

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from solar_jax.checkpoint.sources import open_source
+from solar_jax.checkpoint.opener import open_source
 from solar_jax.config import ModelConfig, list_presets
 from solar_jax.errors import SolarError
 from solar_jax.model.transformer import abstract_params, init_params, logical_axes
