@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import subprocess
 from pathlib import Path
+
+import _machine
 
 GIB = 2**30
 NUM_LAYERS = 32
@@ -153,22 +152,5 @@ def mistral_7b() -> dict:
 
 
 def machine_info() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), "?")
-    except OSError:
-        pass
-    free = subprocess.run(["free", "-g"], check=False, capture_output=True, text=True).stdout.strip()
-    versions = {"python": platform.python_version()}
-    for dist in ("jax", "orbax-checkpoint", "tensorstore", "numpy", "transformers", "torch",
-                 "safetensors"):
-        try:
-            versions[dist] = version(dist)
-        except PackageNotFoundError:
-            versions[dist] = "?"
-    return {"nproc": os.cpu_count(), "cpu": cpu, "free_g": free, "versions": versions,
-            "kernel": platform.release()}
+    return _machine.machine_info(("jax", "orbax-checkpoint", "tensorstore", "numpy",
+                                  "transformers", "torch", "safetensors"))

@@ -4,10 +4,9 @@ solar-jax's train step (run, and compiled from shapes alone) and PyTorch's."""
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 import time
 
+import _machine
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,23 +27,9 @@ PRESET = "smollm2-135m"
 # --------------------------------------------------------------------------- machine
 
 def machine_info() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), "?")
-    except OSError:
-        pass
-    mem = subprocess.run(["free", "-g"], check=False, capture_output=True, text=True).stdout
-    versions = {"python": platform.python_version()}
-    for dist in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers"):
-        try:
-            versions[dist] = version(dist)
-        except PackageNotFoundError:
-            versions[dist] = "?"
-    return {"nproc": os.cpu_count(), "cpu": cpu, "mem": mem.strip(), "versions": versions,
-            "kernel": platform.release(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    info = _machine.machine_info(("jax", "jaxlib", "flax", "optax", "numpy", "torch",
+                                  "transformers"))
+    return {**info, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "jax_devices": [str(d) for d in jax.devices()]}
 
 
