@@ -147,3 +147,15 @@ def smol(smol_dir):
     model = solar_jax.load_model(smol_dir)
     model.tokenizer = solar_jax.load_tokenizer(smol_dir)
     return model
+
+
+def hf_tensors(folder: Path) -> dict:
+    """Every tensor of an HF folder's safetensors files, by name (our own reader)."""
+    # imported here as the fixtures above import solar_jax: after the environment is set
+    from solar_jax.checkpoint.safetensors_io import SafetensorsFile
+
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        st = SafetensorsFile(f)
+        out.update({n: st.read(n) for n in st.names()})
+    return out

@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 
 import solar_jax
-from conftest import make_hf_model
-from solar_jax.checkpoint.safetensors_io import SafetensorsFile
+from conftest import hf_tensors, make_hf_model
 from solar_jax.cli import main
 
-
-def _tensors(folder):
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        st = SafetensorsFile(f)
-        out.update({n: st.read(n) for n in st.names()})
-    return out
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -31,7 +23,7 @@ def test_round_trip_is_bit_identical(tmp_path, dtype):
     assert main(["convert", str(tmp_path / "sj"), str(tmp_path / "out"), "--to", "hf",
                  "--max-shard-size", "50KB"]) == 0
     assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
-    src, out = _tensors(tmp_path / "hf"), _tensors(tmp_path / "out")
+    src, out = hf_tensors(tmp_path / "hf"), hf_tensors(tmp_path / "out")
     assert set(src) == set(out)
     for name in src:
         assert src[name].dtype == out[name].dtype, name
@@ -50,9 +42,9 @@ def test_dtype_option_and_tied_export(tmp_path):
     assert str(model.params["embed"]["embedding"].dtype) == "bfloat16"
     assert "lm_head" not in model.params
     solar_jax.save_model(model, tmp_path / "out", format="hf", dtype="fp32")
-    tensors = _tensors(tmp_path / "out")
+    tensors = hf_tensors(tmp_path / "out")
     assert "lm_head.weight" not in tensors
-    ref = _tensors(tmp_path / "hf")["model.embed_tokens.weight"]
+    ref = hf_tensors(tmp_path / "hf")["model.embed_tokens.weight"]
     import ml_dtypes
     np.testing.assert_array_equal(tensors["model.embed_tokens.weight"],
                                   ref.astype(ml_dtypes.bfloat16).astype(np.float32))
@@ -79,7 +71,7 @@ def _break_model_type(src):
 
 def _rewrite_without(src, drop=None, reshape=None):
     from safetensors.numpy import save_file
-    tensors = _tensors(src)
+    tensors = hf_tensors(src)
     if drop:
         del tensors[drop]
     if reshape:
@@ -93,7 +85,7 @@ def _break_truncated(src):
 
 
 def _break_index(src):
-    weights = _tensors(src)
+    weights = hf_tensors(src)
     (src / "model.safetensors").rename(src / "model-00001-of-00002.safetensors")
     index = {"metadata": {}, "weight_map": {n: "model-00001-of-00002.safetensors" for n in weights}}
     index["weight_map"]["lm_head.weight"] = "model-00002-of-00002.safetensors"

@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 import solar_jax
-from conftest import make_hf_model, torch_logits
-from solar_jax.checkpoint.safetensors_io import SafetensorsFile
+from conftest import hf_tensors, make_hf_model, torch_logits
 from solar_jax.checkpoint.opener import open_source
 from solar_jax.cli import main
 
@@ -31,13 +30,6 @@ def _check(a, b):
     err = np.abs(np.asarray(a) - b).max()
     assert err <= RTOL * np.abs(b).max(), f"max |Δ| {err:.3g} vs max |logit| {np.abs(b).max():.3g}"
 
-
-def _tensors(folder) -> dict:
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        st = SafetensorsFile(f)
-        out.update({n: st.read(n) for n in st.names()})
-    return out
 
 
 def _load_hf(path):
@@ -90,7 +82,7 @@ def test_round_trip_is_bit_identical(family, dtype, tmp_path):
     make_hf_model(tmp_path / "hf", model_type=family, dtype=getattr(torch, dtype))
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "sj")]) == 0
     assert main(["convert", str(tmp_path / "sj"), str(tmp_path / "out"), "--to", "hf"]) == 0
-    src, out = _tensors(tmp_path / "hf"), _tensors(tmp_path / "out")
+    src, out = hf_tensors(tmp_path / "hf"), hf_tensors(tmp_path / "out")
     assert set(src) == set(out)
     for name in src:
         assert src[name].dtype == out[name].dtype and src[name].tobytes() == out[name].tobytes(), name
@@ -185,7 +177,7 @@ def test_gguf_export_in_llama_cpp_names(family, tmp_path):
     # Qwen3Config's default head_dim, 128: an explicit head_dim (!= 64 / 4) it can load.
     overrides = {"head_dim": 128} if family == "qwen3" else {}
     torch_model = make_hf_model(tmp_path / "hf", model_type=family, **overrides)
-    src = _tensors(tmp_path / "hf")
+    src = hf_tensors(tmp_path / "hf")
     out = tmp_path / f"{family}.gguf"
     assert main(["convert", str(tmp_path / "hf"), str(out), "--to", "gguf", "--quant", "f32",
                  "--no-tokenizer"]) == 0

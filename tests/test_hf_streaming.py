@@ -12,7 +12,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from conftest import make_hf_model
+from conftest import hf_tensors, make_hf_model
 from solar_jax.api import load_model
 from solar_jax.checkpoint import safetensors_io, solar_format, sources
 from solar_jax.checkpoint.opener import open_source
@@ -36,13 +36,6 @@ def _files(folder):
     return {f.name: f.read_bytes() for f in sorted(folder.glob("*.safetensors"))}
 
 
-def _tensors(folder):
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        st = SafetensorsFile(f)
-        out.update({n: st.read(n) for n in st.names()})
-    return out
-
 
 def _upscale(src, dst, *extra):
     assert main(["upscale", str(src), str(dst), "--m", "2", "--to", "hf",
@@ -56,7 +49,7 @@ def test_byte_copied_upscale_equals_the_decoded_path_and_loads(src, tmp_path, mo
                         lambda item, out: (copies.append(item), real_copy(item, out)))
     _upscale(src, tmp_path / "copied")
     assert copies, "the byte-copy path was not taken"
-    n_out = len(_tensors(tmp_path / "copied"))
+    n_out = len(hf_tensors(tmp_path / "copied"))
     assert len(copies) == n_out  # bf16 -> bf16 passthrough: every tensor is a copy
 
     monkeypatch.setattr(sources.HFSource, "stored_tensor", lambda self, *a: None)
@@ -71,8 +64,8 @@ def test_byte_copied_upscale_equals_the_decoded_path_and_loads(src, tmp_path, mo
                                                        output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert model.config.num_hidden_layers == 12 and model.dtype == torch.bfloat16
-    ref = _tensors(src)
-    out = _tensors(tmp_path / "copied")
+    ref = hf_tensors(src)
+    out = hf_tensors(tmp_path / "copied")
     for k, orig in enumerate([*range(6), *range(2, 8)]):  # n=8, m=2: [0, 6) + [2, 8)
         name = "model.layers.{}.mlp.down_proj.weight"
         assert out[name.format(k)].tobytes() == ref[name.format(orig)].tobytes()
@@ -98,7 +91,7 @@ def test_dtype_change_decodes_and_streams_layer_by_layer(src, tmp_path, monkeypa
     assert not copies  # a cast is no byte copy
     stacked = [n for p, n in reads if p[0] == "layers"]
     assert stacked and all(n == 1 for n in stacked), "a stacked leaf was read whole"
-    ref, out = _tensors(src), _tensors(tmp_path / "f32")
+    ref, out = hf_tensors(src), hf_tensors(tmp_path / "f32")
     for k, orig in enumerate([*range(5), *range(3, 8)]):
         name = "model.layers.{}.self_attn.q_proj.weight"
         assert out[name.format(k)].dtype == np.float32
@@ -112,7 +105,7 @@ def test_hf_to_hf_convert_is_a_byte_copy(src, tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors_io, "copy_range",
                         lambda item, out: (copies.append(item), real_copy(item, out)))
     assert main(["convert", str(src), str(tmp_path / "hf"), "--to", "hf"]) == 0
-    ref, out = _tensors(src), _tensors(tmp_path / "hf")
+    ref, out = hf_tensors(src), hf_tensors(tmp_path / "hf")
     assert len(copies) == len(ref)
     assert sorted(ref) == sorted(out)
     for name in ref:
@@ -155,7 +148,7 @@ def test_solar_checkpoint_is_layer_chunked_round_trips_and_loads(src, tmp_path, 
     monkeypatch.setattr(solar_format.SolarSource, "read_leaf", spy)
     assert main(["convert", str(tmp_path / "sj"), str(tmp_path / "hf"), "--to", "hf"]) == 0
     assert whole and all(p[0] != "layers" for p in whole), whole  # layers read one by one
-    ref, out = _tensors(src), _tensors(tmp_path / "hf")
+    ref, out = hf_tensors(src), hf_tensors(tmp_path / "hf")
     assert sorted(ref) == sorted(out)
     for name in ref:
         assert ref[name].tobytes() == out[name].tobytes(), name
@@ -178,7 +171,7 @@ def test_unchunked_solar_checkpoint_is_read_leaf_by_leaf(src, tmp_path):
     assert not open_source(tmp_path / "sj").layer_reads
     assert main(["upscale", str(tmp_path / "sj"), str(tmp_path / "up"), "--m", "2",
                  "--to", "hf"]) == 0
-    ref, out = _tensors(src), _tensors(tmp_path / "up")
+    ref, out = hf_tensors(src), hf_tensors(tmp_path / "up")
     for k, orig in enumerate([*range(6), *range(2, 8)]):
         name = "model.layers.{}.self_attn.o_proj.weight"
         assert out[name.format(k)].tobytes() == ref[name.format(orig)].tobytes()
