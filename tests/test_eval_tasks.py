@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from conftest import DATA, make_hf_model
+from conftest import DATA
 from eval_helpers import ARC, write_jsonl
+from test_generate import tiny_folder  # noqa: F401  (the same tiny HF model + byte tokenizer fixture)
 from solar_jax.cli import main
 from solar_jax.errors import SolarError
 from solar_jax.eval import extract_answer, normalize_answer
@@ -156,17 +157,6 @@ def test_bad_data_is_a_one_line_error(tmp_path):
     (tmp_path / "t.csv").write_text(TQA_CSV)
     with pytest.raises(SolarError, match="fixed six-shot preamble"):
         load_docs("truthfulqa_mc1", tmp_path / "t.csv", num_fewshot=5)
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from test_generate import byte_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny") / "hf"
-    make_hf_model(path, vocab_size=258, max_position_embeddings=48, bos_token_id=256,
-                  eos_token_id=257)
-    byte_tokenizer().save_pretrained(str(path))
-    return path
 
 
 def test_cli_errors(tiny_folder, tmp_path, capsys):

@@ -14,6 +14,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
+from gguf_helpers import gguf_name, llama_cpp_permute  # noqa: E402
 from solar_jax.checkpoint.gguf_source import GGUFSource  # noqa: E402
 from solar_jax.checkpoint.opener import open_source  # noqa: E402
 from solar_jax.demo import smollm2_gguf  # noqa: E402
@@ -147,18 +148,6 @@ def test_smol_logits_and_greedy_tokens_match_transformers(smol_src, smol_hf, smo
 # ---- synthetic files written like llama.cpp's convert_hf_to_gguf -----------------------
 
 TINY = dict(vocab=64, hidden=64, inter=96, layers=2, heads=4, kv_heads=2)
-GGUF_LAYER = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
-              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-              "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-
-
-def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute (with n_head already the KV count for K)."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
-
-
 def _random_hf_tensors(tied: bool, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     t = TINY
@@ -182,15 +171,6 @@ def _random_hf_tensors(tied: bool, seed: int = 0) -> dict[str, np.ndarray]:
                 else 0.05 * rng.standard_normal(s)).astype(np.float32) for n, s in shapes.items()}
 
 
-def _gguf_name(hf: str) -> str:
-    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-           "lm_head.weight": "output.weight"}
-    if hf in top:
-        return top[hf]
-    _, _, i, rest = hf.split(".", 3)
-    return f"blk.{i}.{GGUF_LAYER[rest.removesuffix('.weight')]}.weight"
-
-
 def write_gguf(path: Path, tensors: dict[str, np.ndarray], qtype=Q.F32, arch: str = "llama",
                metadata: dict | None = None, extra_tensors: dict | None = None) -> Path:
     t = TINY
@@ -210,18 +190,18 @@ def write_gguf(path: Path, tensors: dict[str, np.ndarray], qtype=Q.F32, arch: st
         getattr(w, f"add_{key}")(value)
     for hf, value in tensors.items():
         if hf.endswith("q_proj.weight"):
-            value = _llama_cpp_permute(value, t["heads"])
+            value = llama_cpp_permute(value, t["heads"])
         elif hf.endswith("k_proj.weight"):
-            value = _llama_cpp_permute(value, t["kv_heads"])
+            value = llama_cpp_permute(value, t["kv_heads"])
         if value.ndim == 1 or qtype == Q.F32:  # llama.cpp keeps norms in F32
-            w.add_tensor(_gguf_name(hf), np.ascontiguousarray(value, np.float32))
+            w.add_tensor(gguf_name(hf), np.ascontiguousarray(value, np.float32))
         elif qtype == Q.F16:
-            w.add_tensor(_gguf_name(hf), value.astype(np.float16))
+            w.add_tensor(gguf_name(hf), value.astype(np.float16))
         elif qtype == Q.BF16:
-            w.add_tensor(_gguf_name(hf), value.astype(ml_dtypes.bfloat16).view(np.uint8),
+            w.add_tensor(gguf_name(hf), value.astype(ml_dtypes.bfloat16).view(np.uint8),
                          raw_dtype=Q.BF16)
         else:
-            w.add_tensor(_gguf_name(hf), gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+            w.add_tensor(gguf_name(hf), gguf.quants.quantize(value, qtype), raw_dtype=qtype)
     for name, value in (extra_tensors or {}).items():
         w.add_tensor(name, value)
     w.write_header_to_file()
