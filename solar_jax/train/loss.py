@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from solar_jax.platform import target
+
 
 def sequence_chunks(hidden, targets, weights, chunk: int):
     """(hidden, targets, weights) padded along the sequence to a multiple of `chunk` and
@@ -95,10 +97,9 @@ def _fused_forward(hidden, head, targets, weights, chunk, z_loss):
         vocab = jnp.arange(logits.shape[-1], dtype=t_c.dtype)
         d_logits = (probs * (w_c * (1.0 + 2.0 * z_loss * lse))[..., None]
                     - jnp.where(vocab == t_c[..., None], w_c[..., None], 0.0))
-        d_logits = d_logits.astype(hidden.dtype)
-        d_h = jnp.einsum("bcv,hv->bch", d_logits, head_c, preferred_element_type=jnp.float32)
-        d_head = d_head + jnp.einsum("bch,bcv->hv", h_c, d_logits,
-                                     preferred_element_type=jnp.float32)
+        d_low = d_logits.astype(hidden.dtype)
+        d_h = jnp.einsum("bcv,hv->bch", d_low, head_c, preferred_element_type=jnp.float32)
+        d_head = d_head + head_grad(h_c, d_logits, d_low)
         return (tuple(a + x for a, x in zip(sums, stats)), d_head), d_h.astype(hidden.dtype)
 
     zero = jnp.zeros((), jnp.float32)
@@ -109,6 +110,21 @@ def _fused_forward(hidden, head, targets, weights, chunk, z_loss):
     d_hidden = d_hidden.swapaxes(0, 1).reshape(b, -1, h)[:, :s]
     nll, z, correct = sums
     return (nll + z, (nll, z, correct)), (d_hidden, d_head.astype(head.dtype))
+
+
+def head_grad(h_c, d_logits, d_low):
+    """d objective / d head [H, V] of one chunk, in fp32: h_c [B, C, H] contracted with
+    d_logits [B, C, V] over the tokens.
+
+    On GPU and TPU the operands are the compute dtype's (`d_low`, bf16 under bf16 compute)
+    with fp32 accumulation. On CPU this product contracts the LHS's major axis, which
+    XLA:CPU leaves outside its YNNPACK fusions; its fallback dot thunk has no
+    bf16 x bf16 -> fp32 kernel (`UNIMPLEMENTED ... DotThunk::Execute: BF16 x BF16 = F32`)
+    and runs bf16 dots in fp32 anyway. So on CPU both operands are fp32: the same cost
+    as XLA's own fallback, and d_logits is not rounded to bf16 first."""
+    if h_c.dtype != jnp.float32 and target().platform == "cpu":
+        return jnp.einsum("bch,bcv->hv", h_c.astype(jnp.float32), d_logits)
+    return jnp.einsum("bch,bcv->hv", h_c, d_low, preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
