@@ -2,7 +2,8 @@
 time of the scanned layer stack at 4 vs 48 layers.
 
 Everything runs in one process on the CPU, on the SmolLM2-135M shape (vocab 49152, hidden
-576, 30 layers, 9/3 heads, tied embeddings), fp32 params and compute, random init:
+576, 30 layers, 9/3 heads, tied embeddings), fp32 params, fp32 compute (--dtype bfloat16:
+bf16 compute in both), random init:
 
   solar-jax   make_train_step + compile_train_step (the code `solar-jax train` runs): chunked
               cross-entropy, optax AdamW (TrainConfig defaults: lr 3e-4 cosine, betas
@@ -26,7 +27,7 @@ threads): less sensitive to other jobs than wall time, but inflated by spin-wait
 MFU = model FLOPs per second / measured peak, model FLOPs = flops_per_token x tokens/s with
 solar_jax.train.metrics.flops_per_token (6 x params, the tied head counted once, plus
 12 x layers x heads x head_dim x seq for the attention matmuls). The peak is measured in the
-same run: a jitted fp32 2048 x 2048 @ 2048 x 2048 matmul in JAX and the same matmul in
+same run: a jitted 2048 x 2048 @ 2048 x 2048 matmul of --dtype in JAX and the same matmul in
 torch (best of --peak-reps each); the denominator is the faster of the two, so neither
 framework's MFU is flattered by the other's slower GEMM. "MFU (CPU time)" divides model
 FLOPs per CPU-second by the matmul's FLOPs per CPU-second instead. The same model FLOPs
@@ -66,6 +67,15 @@ GOAL_COMPILE_RATIO = 1.3
 
 # --------------------------------------------------------------------------- main
 
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 natively (AVX512_BF16 or AMX-BF16)."""
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def summarize(rounds: list[list[tuple[float, float]]], tokens: int, per_token: float,
               peak: float, peak_per_cpu_s: float) -> dict:
     """Per-step statistics over all timed steps of all rounds. On a shared machine the best
@@ -102,6 +112,9 @@ def main() -> None:
                     help="torch.optim.AdamW(fused=True) instead of the default")
     ap.add_argument("--loss-chunk", type=int, default=0,
                     help="TrainConfig.loss_chunk (0 = its default, 512, i.e. min(512, seq))")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="compute dtype of both frameworks (params stay fp32): solar-jax's "
+                         "compute_dtype, torch.autocast('cpu', bfloat16); also the peak's")
     ap.add_argument("--remat", default="none", choices=["none", "full", "save_dots", "save_qkv"])
     ap.add_argument("--small-layers", type=int, default=4)
     ap.add_argument("--large-layers", type=int, default=48)
@@ -125,18 +138,24 @@ def main() -> None:
     results: dict = {"machine": info, "args": vars(args), "flops_per_token": per_token,
                      "num_params": config.num_params, "load_start": loadavg()}
     run_torch = not (args.skip_torch or args.skip_step)
+    if args.dtype == "bfloat16" and run_torch and not native_bf16():
+        # Measured on a 2-core AVX2 EPYC: torch's bf16 2048^3 matmul ran at 0.3 GFLOP/s
+        # (fp32: 103), so its bf16 train step would take hours, not seconds.
+        raise SystemExit("error: this CPU has no AVX512_BF16/AMX, where torch's bf16 matmul "
+                         "is a scalar fallback (~0.3 GFLOP/s); add --skip-torch")
 
     if not args.skip_step:
         # The peak first, while nothing else of ours is resident.
-        peak_jax = jax_matmul_flops(args.peak_size, args.peak_reps)
-        print(f"peak: jax matmul {args.peak_size}^3 fp32 {peak_jax[0] / 1e9:.1f} GFLOP/s "
+        peak_jax = jax_matmul_flops(args.peak_size, args.peak_reps, args.dtype)
+        print(f"peak: jax matmul {args.peak_size}^3 {args.dtype} {peak_jax[0] / 1e9:.1f} GFLOP/s "
               f"({peak_jax[1] / 1e9:.1f} GFLOP per CPU-second)", flush=True)
         peak_torch = None
         if run_torch:
             import torch
             torch.set_num_threads(args.threads)
-            peak_torch = torch_matmul_flops(args.peak_size, args.peak_reps)
-            print(f"peak: torch matmul {args.peak_size}^3 fp32 {peak_torch[0] / 1e9:.1f} GFLOP/s "
+            peak_torch = torch_matmul_flops(args.peak_size, args.peak_reps, args.dtype)
+            print(f"peak: torch matmul {args.peak_size}^3 {args.dtype} "
+                  f"{peak_torch[0] / 1e9:.1f} GFLOP/s "
                   f"({peak_torch[1] / 1e9:.1f} GFLOP per CPU-second)", flush=True)
         peak = max(peak_jax[0], peak_torch[0] if peak_torch else 0.0)
         peak_cpu = max(peak_jax[1], peak_torch[1] if peak_torch else 0.0)
@@ -216,9 +235,10 @@ def report(results: dict, args) -> None:
     print()
     if "jax" in results:
         pj, pt = results["peak_jax"], results["peak_torch"]
-        print(f"SmolLM2-135M shape, fp32, batch {args.batch} x {args.seq}, AdamW, "
+        print(f"SmolLM2-135M shape, fp32 params, {args.dtype} compute, "
+              f"batch {args.batch} x {args.seq}, AdamW, "
               f"{args.steps} timed steps x {args.rounds} alternating rounds. "
-              f"Peak (fp32 {args.peak_size}^3 matmul, best of {args.peak_reps}): "
+              f"Peak ({args.dtype} {args.peak_size}^3 matmul, best of {args.peak_reps}): "
               f"jax {pj[0] / 1e9:.1f}"
               + (f", torch {pt[0] / 1e9:.1f}" if pt else "")
               + f" GFLOP/s -> {results['peak'] / 1e9:.1f}; per CPU-second: jax "

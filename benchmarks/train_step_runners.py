@@ -66,16 +66,16 @@ def best_rate(fn, flops: float, reps: int) -> tuple[float, float]:
     return flops / wall, flops / cpu
 
 
-def jax_matmul_flops(n: int, reps: int) -> tuple[float, float]:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def jax_matmul_flops(n: int, reps: int, dtype: str = "float32") -> tuple[float, float]:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
     mm = jax.jit(lambda x, y: x @ y)
     return best_rate(lambda: mm(a, b).block_until_ready(), 2 * n ** 3, reps)
 
 
-def torch_matmul_flops(n: int, reps: int) -> tuple[float, float]:
+def torch_matmul_flops(n: int, reps: int, dtype: str = "float32") -> tuple[float, float]:
     import torch
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
     return best_rate(lambda: a @ b, 2 * n ** 3, reps)
 
 
@@ -84,7 +84,8 @@ def torch_matmul_flops(n: int, reps: int) -> tuple[float, float]:
 def train_config(args) -> TrainConfig:
     cfg = TrainConfig(model=PRESET, seq_len=args.seq, batch_size=args.batch,
                       steps=max(args.warmup + args.steps * args.rounds, 1),
-                      loss_chunk=args.loss_chunk or TrainConfig.loss_chunk, remat=args.remat)
+                      loss_chunk=args.loss_chunk or TrainConfig.loss_chunk, remat=args.remat,
+                      compute_dtype=args.dtype)
     cfg.validate()
     return cfg
 
@@ -92,7 +93,7 @@ def train_config(args) -> TrainConfig:
 def model_config(cfg: TrainConfig, num_layers: int | None = None) -> ModelConfig:
     overrides = {"num_layers": num_layers} if num_layers else {}
     return ModelConfig.from_preset(PRESET, **overrides).replace(
-        param_dtype="float32", compute_dtype="float32", remat=cfg.remat,
+        param_dtype="float32", compute_dtype=cfg.compute_dtype, remat=cfg.remat,
         attention_impl=cfg.attention_impl)
 
 
@@ -205,6 +206,9 @@ class TorchRunner:
             lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
             **({"fused": True} if fused else {}))
         self.grad_clip = cfg.grad_clip
+        # bf16 compute as solar-jax's compute_dtype=bfloat16: fp32 master weights, the
+        # forward (and so its backward) under CPU autocast, which runs the matmuls in bf16.
+        self.autocast = cfg.compute_dtype == "bfloat16"
         # HF would shift `labels` itself and predict seq-1 tokens per row; passing
         # shift_labels (transformers' loss kwarg) makes it predict exactly solar-jax's
         # targets, all seq of them (labels must still be given for .loss to be computed).
@@ -215,8 +219,9 @@ class TorchRunner:
 
     def one_step(self) -> float:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.model(input_ids=self.input_ids, labels=self.labels,
-                          shift_labels=self.shift_labels).loss
+        with self.torch.autocast("cpu", dtype=self.torch.bfloat16, enabled=self.autocast):
+            loss = self.model(input_ids=self.input_ids, labels=self.labels,
+                              shift_labels=self.shift_labels).loss
         loss.backward()
         self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
