@@ -5,9 +5,10 @@
     DST/params/             orbax checkpoint of the params pytree (layers stacked on axis 0)
     DST/tokenizer.json ...  tokenizer and generation config, copied from the source
 
-Params are written with orbax's partial save, one leaf per call, so a conversion holds one
-stacked leaf at a time; the finished directory is a normal orbax checkpoint that
-`orbax.checkpoint` restores whole or leaf by leaf. Where a checkpoint stores its stacked
+Params are written one leaf at a time in orbax's layout by tensorstore (orbax_layout; orbax's
+partial save where leaves are chunked by layer), so a conversion holds one stacked leaf at a
+time; the finished directory is a normal orbax checkpoint that `orbax.checkpoint` restores
+whole or leaf by leaf, and it is read back with tensorstore where orbax_layout recognises it. Where a checkpoint stores its stacked
 leaves one layer per chunk (orbax's storage sharding along axis 0; LeafWriter.layer_chunks),
 a reader that wants one layer (the HF writer, a merge) reads just that chunk through
 tensorstore instead of the whole leaf; other checkpoints are read leaf by leaf. The layout is stored so that loading a
