@@ -50,3 +50,22 @@ def write_source(source: ParamSource, dst, *, to: str = "solar", dtype: str | No
     if to == "solar":
         return write_solar(source, dst, dtype=dtype, overwrite=overwrite)
     return write_hf(source, dst, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite)
+
+
+def convert(src, dst, *, to: str = "solar", dtype: str | None = None,
+            max_shard_size: str | int = "5GB", overwrite: bool = False,
+            quant: str | None = None, tokenizer: bool = True) -> Path:
+    """solar_jax.convert without importing jax: `solar-jax convert` calls this, since the
+    API module's jax import is ~2 s of a conversion process (benchmarks/RESULTS.md)."""
+    from solar_jax.checkpoint.opener import open_source
+    from solar_jax.destination import check_destination
+
+    if to not in FORMATS:  # the checks in solar_jax.api.convert's order, so the same error wins
+        raise SolarError(f"unknown output format {to!r}; use one of {', '.join(FORMATS)}")
+    if dtype is not None:
+        canonical_dtype(dtype)
+    src, dst = Path(src), Path(dst)
+    check_destination(dst, [src], overwrite=overwrite)  # before a byte is read
+    check_output(to, dst, dtype=dtype, quant=quant, tokenizer=tokenizer)
+    return write_source(open_source(src), dst, to=to, dtype=dtype, max_shard_size=max_shard_size,
+                        overwrite=overwrite, quant=quant, tokenizer=tokenizer)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -118,11 +119,16 @@ def write_safetensors(path: str | Path, specs: list[tuple[str, tuple[int, ...], 
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
-    with open(path, "wb") as f:
+    # The next tensor is fetched (read, laid out: numpy copies release the GIL) on a thread
+    # while this one is written: ~the transposes' time off a solar -> HF export at one more
+    # layer-sized tensor of memory (benchmarks/RESULTS.md, 2026-12-02).
+    with open(path, "wb") as f, ThreadPoolExecutor(1) as pool:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for name, shape, dtype in specs:
-            item = fetch(name)
+        pending = pool.submit(fetch, specs[0][0]) if specs else None
+        for k, (name, shape, dtype) in enumerate(specs):
+            item = pending.result()
+            pending = pool.submit(fetch, specs[k + 1][0]) if k + 1 < len(specs) else None
             if isinstance(item, StoredTensor):
                 _check(name, item.dtype, item.shape, dtype, shape)
                 f.flush()

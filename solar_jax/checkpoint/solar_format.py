@@ -5,9 +5,10 @@
     DST/params/             orbax checkpoint of the params pytree (layers stacked on axis 0)
     DST/tokenizer.json ...  tokenizer and generation config, copied from the source
 
-Params are written with orbax's partial save, one leaf per call, so a conversion holds one
-stacked leaf at a time; the finished directory is a normal orbax checkpoint that
-`orbax.checkpoint` restores whole or leaf by leaf. Where a checkpoint stores its stacked
+Params are written one leaf at a time in orbax's layout by tensorstore (orbax_layout; orbax's
+partial save where leaves are chunked by layer), so a conversion holds one stacked leaf at a
+time; the finished directory is a normal orbax checkpoint that `orbax.checkpoint` restores
+whole or leaf by leaf, and it is read back with tensorstore where orbax_layout recognises it. Where a checkpoint stores its stacked
 leaves one layer per chunk (orbax's storage sharding along axis 0; LeafWriter.layer_chunks),
 a reader that wants one layer (the HF writer, a merge) reads just that chunk through
 tensorstore instead of the whole leaf; other checkpoints are read leaf by leaf. The layout is stored so that loading a
@@ -25,6 +26,7 @@ import tensorstore as ts
 
 from solar_jax.checkpoint import hf_names
 from solar_jax.checkpoint.gguf_source import GGUFSource
+from solar_jax.checkpoint.orbax_layout import DirectLeafWriter, open_leaves
 from solar_jax.checkpoint.sources import TOKENIZER_FILES, ParamSource
 from solar_jax.config import ModelConfig
 from solar_jax.errors import SolarError
@@ -63,13 +65,19 @@ class LeafWriter:
     layer_chunks = False
 
     def __init__(self, dst: Path):
-        from orbax.checkpoint.experimental.v1 import partial
-        self._partial = partial
         self._path = Path(dst) / PARAMS_DIR
         self._written = 0
+        # orbax's layout written with tensorstore (orbax_layout): same bytes, same metadata,
+        # without importing orbax and jax; orbax's partial save where a leaf is chunked by layer
+        self._direct = None if self.layer_chunks else DirectLeafWriter(self._path)
 
     def add(self, path: tuple[str, ...], array: np.ndarray) -> None:
+        if self._direct is not None:
+            self._direct.add(path, np.asarray(array))
+            self._written += 1
+            return
         from orbax.checkpoint.experimental import v1 as ocp1
+        from orbax.checkpoint.experimental.v1 import partial
 
         tree: dict = {}
         set_leaf(tree, path, np.asarray(array))
@@ -83,14 +91,18 @@ class LeafWriter:
             context.array.saving.storage_options = \
                 ocp1.options.ArrayOptions.Saving.StorageOptions(shard_axes=(0,))
         with context, _quiet():
-            self._partial.save(self._path, tree)
+            partial.save(self._path, tree)
         self._written += 1
 
     def finish(self) -> None:
         if not self._written:
             raise SolarError("internal: no parameters were written")
+        if self._direct is not None:
+            self._direct.finish()
+            return
+        from orbax.checkpoint.experimental.v1 import partial
         with _quiet():
-            self._partial.finalize(self._path)
+            partial.finalize(self._path)
 
 
 class SolarSource(ParamSource):
@@ -118,10 +130,17 @@ class SolarSource(ParamSource):
         self._prefix = prefix  # where the params tree sits inside the orbax tree
         if not self._params.is_dir():
             raise SolarError(f"{self.location} has no finished parameter checkpoint")
-        self._specs = self._read_specs()
+        # every leaf opened with tensorstore where the layout is orbax's zarr3 + OCDBT (no orbax
+        # or jax import: orbax_layout); orbax reads anything else
+        self._stores = open_leaves(self._params, prefix)
+        self._specs = self._store_specs() if self._stores else self._read_specs()
         self._check_shapes()
         self._layer_stores = self._open_layer_stores()
         self.layer_reads = self._layer_stores is not None
+
+    def _store_specs(self) -> dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]:
+        return {path: (tuple(store.shape), np.dtype(store.dtype.numpy_dtype))
+                for path, store in self._stores.items()}
 
     def _open_layer_stores(self) -> dict | None:
         """Every stacked leaf opened as a tensorstore array when each is chunked one layer
@@ -129,6 +148,12 @@ class SolarSource(ParamSource):
         stores = {}
         for rule in hf_names.rules_for(self.config):
             if not rule.stacked:
+                continue
+            if self._stores:
+                store = self._stores.get(rule.path)
+                if store is None or store.chunk_layout.read_chunk.shape[0] != 1:
+                    return None
+                stores[rule.path] = store
                 continue
             spec = {"driver": "zarr3", "kvstore": {
                 "driver": "ocdbt", "base": f"file://{self._params}",
@@ -192,6 +217,9 @@ class SolarSource(ParamSource):
             for slot, layer in enumerate(layers):
                 out[slot] = store[int(layer)].read().result()
             return out
+        if self._stores and path in self._stores:
+            array = self._stores[path].read().result()
+            return array if layers is None else array[np.asarray(layers)]
         ocp = _ocp()
         item: dict = {}
         args: dict = {}

@@ -1,8 +1,8 @@
 """Streaming writers: a ParamSource -> a solar-jax checkpoint, or -> a Hugging Face folder.
 
 The solar-jax writer reads one leaf at a time from the source (and, where the current and
-the next leaf together fit in PREFETCH_BYTES, the next one on a thread while orbax writes
-the current). The HF
+the next leaf together fit in PREFETCH_BYTES, the next one on a thread while the current is
+written). The HF
 writer needs no stacked leaf at all where the source reads single layers (HF, GGUF, recipes
 over them): it streams tensor by tensor, and copies a tensor's bytes file to file where the
 source already stores exactly the output's bytes (an HF -> HF up-scale or convert); from a

@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def run(args) -> None:
-    from solar_jax.api import convert
+    from solar_jax.checkpoint.output import convert  # no jax import: see its docstring
     from solar_jax.commands.flag_checks import shard_size
 
     out = convert(args.src, args.dst, to=args.to, dtype=args.dtype,
