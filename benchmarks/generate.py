@@ -69,7 +69,10 @@ def decode_rate(run, batch: int, new_tokens: int, repeats: int) -> tuple[float, 
     for the prefill and first token)."""
     full = best_of(lambda: run(new_tokens), repeats)
     first = best_of(lambda: run(1), repeats)
-    return batch * (new_tokens - 1) / max(full - first, 1e-9), first
+    # Under heavy load the 1-token run can take longer than the full one: no rate then
+    # (NaN, left out of the medians) rather than a huge one.
+    rate = batch * (new_tokens - 1) / (full - first) if full > first else float("nan")
+    return rate, first
 
 
 def prompt_ids(tok, batch: int, shots: int = 0) -> list[list[int]]:
@@ -191,8 +194,8 @@ def main() -> None:
             for b in args.batch_sizes), flush=True)
 
     def med(side: int, key, batch: int) -> float:
-        return statistics.median(run[side][key][batch] if key else run[side][batch]
-                                 for run in runs)
+        values = [run[side][key][batch] if key else run[side][batch] for run in runs]
+        return statistics.median([v for v in values if v == v] or [float("nan")])
 
     rows = []
     for batch in args.batch_sizes:
