@@ -7,7 +7,10 @@ without the prefill: (time for N new tokens - time for 1 new token) / (N - 1) pe
 times the batch size; each number is the best of --repeats after a warm-up (compilation).
 Each framework runs in a fresh process of its own, one after the other: in one shared
 process torch's spin-waiting OpenMP workers slowed solar-jax by ~25%, and with
-OMP_WAIT_POLICY=PASSIVE transformers lost speed instead.
+OMP_WAIT_POLICY=PASSIVE transformers lost speed instead. --runs N repeats that pair N
+times, interleaved (ours, theirs, ours, ...), and reports each framework's median over
+its N fresh processes: fresh processes of one framework varied by up to +-25% here, so a
+single pair of runs cannot show a 2x ratio reliably. The load average is printed per run.
 
 The memory-bandwidth bound at batch 1: a decode step must read every weight once (the tied
 embedding serves as the LM head) plus the KV cache, so tokens/s <= bandwidth / bytes read.
@@ -16,7 +19,8 @@ The bandwidth is measured here with a large numpy copy (read + write bytes per s
 The time of the 1-token run is reported too: the prefill and first token, the cost that
 long prompts (--shots 5: 5-shot GSM8K size) put before the first streamed token.
 
-    .venv/bin/python benchmarks/generate.py [--new-tokens 64] [--batch-sizes 1 8] [--shots K]
+    .venv/bin/python benchmarks/generate.py [--runs 5] [--new-tokens 64] [--batch-sizes 1 8]
+        [--shots K]
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model  # benchmarks/ runs as scripts: their folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 GSM8K = ROOT / "solar_jax" / "resources" / "data" / "gsm8k_train.jsonl"  # shipped package data
@@ -64,7 +69,10 @@ def decode_rate(run, batch: int, new_tokens: int, repeats: int) -> tuple[float, 
     for the prefill and first token)."""
     full = best_of(lambda: run(new_tokens), repeats)
     first = best_of(lambda: run(1), repeats)
-    return batch * (new_tokens - 1) / max(full - first, 1e-9), first
+    # Under heavy load the 1-token run can take longer than the full one: no rate then
+    # (NaN, left out of the medians) rather than a huge one.
+    rate = batch * (new_tokens - 1) / (full - first) if full > first else float("nan")
+    return rate, first
 
 
 def prompt_ids(tok, batch: int, shots: int = 0) -> list[list[int]]:
@@ -141,6 +149,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=1,
+                    help="fresh-process runs per framework, interleaved; medians reported")
     ap.add_argument("--chunk", type=int, default=16, help="solar-jax tokens per device call")
     ap.add_argument("--shots", type=int, default=0,
                     help="prefix each prompt with this many solved GSM8K problems (long "
@@ -171,8 +181,21 @@ def main() -> None:
                    for b in args.batch_sizes}
     del model
     bw = copy_bandwidth()
-    ours = run_side("ours", model_dir, args)
-    theirs = run_side("theirs", model_dir, args)
+    if args.runs < 1:
+        sys.exit("error: --runs must be at least 1")
+    runs = []  # (load average before, ours, theirs) per interleaved pair
+    for r in range(args.runs):
+        load = os.getloadavg()[0]
+        ours = run_side("ours", model_dir, args)
+        theirs = run_side("theirs", model_dir, args)
+        runs.append((load, ours, theirs))
+        print(f"run {r + 1}/{args.runs} (load {load:.2f}): " + ", ".join(
+            f"batch {b} {ours[b]:.1f} / {theirs[b]:.1f} tok/s = {ours[b] / theirs[b]:.2f}x"
+            for b in args.batch_sizes), flush=True)
+
+    def med(side: int, key, batch: int) -> float:
+        values = [run[side][key][batch] if key else run[side][batch] for run in runs]
+        return statistics.median([v for v in values if v == v] or [float("nan")])
 
     rows = []
     for batch in args.batch_sizes:
@@ -180,30 +203,37 @@ def main() -> None:
         kv = (2 * cfg.num_layers * batch * (prompt_lens[batch] + args.new_tokens // 2)
               * cfg.num_kv_heads * cfg.head_dim * 4)
         bound = bw / (weight_bytes + kv) * batch
-        mine, ref = ours[batch], theirs[batch]
+        mine, ref = med(1, None, batch), med(2, None, batch)
         rows.append(dict(batch=batch, solar_jax=mine, transformers=ref, speedup=mine / ref,
                          bound=bound, fraction=mine / bound, prompt_tokens=prompt_lens[batch],
-                         first_ours=ours["first"][batch], first_theirs=theirs["first"][batch]))
+                         first_ours=med(1, "first", batch), first_theirs=med(2, "first", batch),
+                         per_run=[run[1][batch] / run[2][batch] for run in runs]))
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"numpy copy bandwidth {bw / 1e9:.2f} GB/s")
+    theirs = runs[0][2]
+    loads = [run[0] for run in runs]
+    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, "
+          f"numpy copy bandwidth {bw / 1e9:.2f} GB/s; load average {min(loads):.2f}-"
+          f"{max(loads):.2f} before the runs, {os.getloadavg()[0]:.2f} after")
     print(f"model: SmolLM2-135M fp32, {weight_bytes / 1e6:.0f} MB of weights; "
           f"{args.new_tokens} new tokens, greedy, chunk {args.chunk}; jax {jax.__version__} "
           f"({jax.default_backend()}), torch {theirs['torch']} ({theirs['threads']} threads); "
-          "each framework timed in its own process\n")
-    print("| batch | solar-jax tok/s | transformers tok/s | speedup | bandwidth bound tok/s "
-          "| fraction of bound |\n|---:|---:|---:|---:|---:|---:|")
+          f"each framework timed in its own process, median of {args.runs} interleaved "
+          "fresh-process runs\n")
+    print("| batch | solar-jax tok/s | transformers tok/s | speedup (of medians) | per-run "
+          "speedups | bandwidth bound tok/s | fraction of bound |\n"
+          "|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
         print(f"| {r['batch']} | {r['solar_jax']:.1f} | {r['transformers']:.1f} | "
-              f"{r['speedup']:.2f}x | {r['bound']:.1f} | {r['fraction']:.0%} |")
-    print("\nPrefill and first token (seconds, best of the repeats):\n\n"
+              f"{r['speedup']:.2f}x | {', '.join(f'{x:.2f}' for x in r['per_run'])} | "
+              f"{r['bound']:.1f} | {r['fraction']:.0%} |")
+    print("\nPrefill and first token (seconds, best of the repeats, median of the runs):\n\n"
           "| batch | longest prompt (tokens) | solar-jax s | transformers s | speedup |\n"
           "|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['batch']} | {r['prompt_tokens']} | {r['first_ours']:.2f} | "
               f"{r['first_theirs']:.2f} | {r['first_theirs'] / r['first_ours']:.2f}x |")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(bandwidth=bw, rows=rows), indent=1))
+        Path(args.json).write_text(json.dumps(dict(bandwidth=bw, loads=loads, rows=rows), indent=1))
 
 
 if __name__ == "__main__":
