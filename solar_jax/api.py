@@ -9,13 +9,11 @@ import jax.numpy as jnp
 from solar_jax import placement
 from solar_jax.checkpoint.gguf_source import GGUFSource
 from solar_jax.checkpoint.memory_source import MemorySource
-from solar_jax.checkpoint.output import check_gguf_options as _check_gguf_options
 from solar_jax.checkpoint.output import FORMATS, write_source
+from solar_jax.checkpoint.output import convert as _convert_streaming
 from solar_jax.checkpoint.opener import open_source
 from solar_jax.checkpoint.writers import numpy_dtype
 from solar_jax.config import canonical_dtype
-from solar_jax.destination import check_destination
-from solar_jax.errors import SolarError
 from solar_jax.handle import Model
 from solar_jax.tree_paths import get_leaf, set_leaf
 
@@ -81,17 +79,8 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "solar", dtype: str |
 
     to="gguf": DST is a .gguf file for llama.cpp; quant is f16 (default), bf16, f32, q8_0
     or q4_0; tokenizer=False writes the weights without a vocabulary."""
-    if to not in FORMATS:
-        raise SolarError(f"unknown output format {to!r}; use one of {', '.join(FORMATS)}")
-    if dtype is not None:
-        canonical_dtype(dtype)
-    src, dst = Path(src), Path(dst)
-    check_destination(dst, [src], overwrite=overwrite)  # before a byte is read
-    if to != "gguf" and dst.suffix == ".gguf":
-        raise SolarError(f"{dst} names a .gguf file; pass --to gguf to write GGUF")
-    _check_gguf_options(to, dtype, quant, tokenizer)
-    return write_source(open_source(src), dst, to=to, dtype=dtype, max_shard_size=max_shard_size,
-                        overwrite=overwrite, quant=quant, tokenizer=tokenizer)
+    return _convert_streaming(src, dst, to=to, dtype=dtype, max_shard_size=max_shard_size,
+                              overwrite=overwrite, quant=quant, tokenizer=tokenizer)
 
 
 def _with_gguf_extras(source: MemorySource, gguf_path: Path) -> MemorySource:

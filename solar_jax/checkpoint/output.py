@@ -55,12 +55,13 @@ def write_source(source: ParamSource, dst, *, to: str = "solar", dtype: str | No
 def convert(src, dst, *, to: str = "solar", dtype: str | None = None,
             max_shard_size: str | int = "5GB", overwrite: bool = False,
             quant: str | None = None, tokenizer: bool = True) -> Path:
-    """solar_jax.convert without importing jax: `solar-jax convert` calls this, since the
-    API module's jax import is ~2 s of a conversion process (benchmarks/RESULTS.md)."""
+    """Stream SRC into DST in format `to`: the body of solar_jax.convert. It imports no jax,
+    so `solar-jax convert` calls it directly: the API module's jax import is ~2 s of a
+    conversion process (benchmarks/RESULTS.md)."""
     from solar_jax.checkpoint.opener import open_source
     from solar_jax.destination import check_destination
 
-    if to not in FORMATS:  # the checks in solar_jax.api.convert's order, so the same error wins
+    if to not in FORMATS:  # before the destination check, so a bad --to wins over a bad DST
         raise SolarError(f"unknown output format {to!r}; use one of {', '.join(FORMATS)}")
     if dtype is not None:
         canonical_dtype(dtype)
