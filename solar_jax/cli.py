@@ -91,8 +91,9 @@ def _run(argv) -> int:
         except SystemExit as e:  # --help (0) or a usage mistake (2, its line printed)
             return e.code if isinstance(e.code, int) else 2
         interrupts.configure(ignore_after_commit=getattr(args, "one_output", False))
-        from solar_jax import compile_cache
-        compile_cache.enable()
+        if getattr(args, "compiles", True):  # the cache's set-up imports jax (~2 s)
+            from solar_jax import compile_cache
+            compile_cache.enable()
         args.func(args)
         interrupts.check()  # a signal some library swallowed still ends in `interrupted`
     except SolarError as e:

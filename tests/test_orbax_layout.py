@@ -100,9 +100,14 @@ def test_unknown_metadata_is_left_to_orbax(src, tmp_path, monkeypatch):
 
 
 def test_conversion_imports_neither_orbax_nor_jax(src, tmp_path):
-    code = ("import sys; from solar_jax.checkpoint.output import convert; "
-            f"convert({str(src)!r}, {str(tmp_path / 'sj')!r}); "
-            f"convert({str(tmp_path / 'sj')!r}, {str(tmp_path / 'hf')!r}, to='hf'); "
+    # Through the CLI, as users run it: the parser, the compile-cache set-up and the
+    # command must all stay off jax (~2 s of start-up per conversion process).
+    code = ("import os, sys; from solar_jax.cli import main; "
+            "os.environ.pop('SOLAR_JAX_COMPILE_CACHE', None); "
+            f"os.environ['XDG_CACHE_HOME'] = {str(tmp_path / 'cache')!r}; "
+            f"assert main(['convert', {str(src)!r}, {str(tmp_path / 'sj')!r}]) == 0; "
+            f"assert main(['convert', {str(tmp_path / 'sj')!r}, {str(tmp_path / 'hf')!r}, "
+            "'--to', 'hf']) == 0; "
             "bad = [m for m in ('jax', 'orbax.checkpoint', 'flax') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

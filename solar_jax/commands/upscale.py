@@ -23,7 +23,8 @@ def register(sub) -> None:
                    help="HF output shard size (default 5GB; --to hf only)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty DST (once the new one is complete)")
-    p.set_defaults(func=run, one_output=True)
+    # compiles=False: streaming numpy/tensorstore work; no jax import for the compile cache
+    p.set_defaults(func=run, one_output=True, compiles=False)
 
 
 def run(args) -> None:
