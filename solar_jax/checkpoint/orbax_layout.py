@@ -8,7 +8,7 @@ orbax (which imports jax) costs a conversion process ~3 s of its ~10 (benchmarks
 the metadata orbax writes for an uncompressed numpy leaf (one chunk in a sharding_indexed
 shard, crc32c index) and the OCDBT config orbax uses, and the same _METADATA and
 _CHECKPOINT_METADATA files. orbax restores the result whole or leaf by leaf
-(tests/test_hf_streaming.py); a directory this module does not recognise (another
+(tests/test_orbax_layout.py); a directory this module does not recognise (another
 orbax version's metadata, a compressed or zarr2 checkpoint) is left to orbax.
 """
 
