@@ -71,6 +71,59 @@ def test_packed_multiple_choice_equals_separate_forwards(tiny, monkeypatch):
         assert greedy == bool((logp[rows].argmax(-1) == cont).all())
 
 
+@pytest.fixture(scope="module")
+def windowed(tiny):
+    """tiny as a Mistral with a 6-token sliding window: the prefix's keys fall out of it."""
+    config = tiny.config.replace(model_type="mistral", sliding_window=6)
+    return solar_jax.Model(config, tiny.params)
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "windowed"])
+def test_shared_prefix_scores_equal_separate_forwards(model_name, request, monkeypatch):
+    """Few-shot style contexts: groups with a long common prefix (one that shrinks as a
+    context joins, one context that is the prefix itself plus one token) run the prefix
+    once and score exactly like full forwards; unrelated contexts stay in plain rows."""
+    from solar_jax.eval import packed_scoring as packing
+    from solar_jax.eval import shared_prefix
+
+    tiny = request.getfixturevalue(model_name)
+
+    monkeypatch.setattr(shared_prefix, "MIN_SHARED_PREFIX", 8)
+    monkeypatch.setattr(packing, "PACK_WIDTH", 32)
+    prefilled = []
+    real_prefill = shared_prefix.prefill
+    monkeypatch.setattr(shared_prefix, "prefill",
+                        lambda c, p, prefix: prefilled.append(prefix) or real_prefill(c, p, prefix))
+    rng = np.random.default_rng(5)
+    preamble, other = rng.integers(3, 256, 14).tolist(), rng.integers(3, 256, 10).tolist()
+    contexts = [preamble + rng.integers(3, 256, n).tolist() for n in (3, 7, 1, 5, 9)]
+    contexts += [preamble[:13] + rng.integers(3, 256, 4).tolist()]  # shrinks it to 13
+    contexts += [other + rng.integers(3, 256, n).tolist() for n in (2, 6)]
+    contexts += [rng.integers(3, 256, n).tolist() for n in (5, 12)]  # alone
+    requests = [(c, rng.integers(3, 256, m).tolist())
+                for c in contexts for m in rng.integers(1, 5, rng.integers(2, 5))]
+    got = Scorer(tiny, None, batch_size=1, max_length=40).loglikelihood_tokens(requests)
+    assert sorted(map(len, prefilled)) == [10, 13]
+    for (context, cont), (ll, greedy) in zip(requests, got):
+        logp = log_softmax(_forward_padded(tiny, context + cont[:-1]))
+        rows = np.arange(len(context) - 1, len(context) + len(cont) - 1)
+        assert ll == pytest.approx(logp[rows, cont].sum(), abs=1e-4)
+        assert greedy == bool((logp[rows].argmax(-1) == cont).all())
+
+
+def test_prefix_groups():
+    from solar_jax.eval.shared_prefix import prefix_groups
+
+    a, b = tuple(range(100, 120)), tuple(range(200, 230))
+    contexts = [a + (1, 2), b + (5,), a + (3,), (7, 8, 9), a[:12] + (4,), b + (6, 6), a]
+    groups, alone = prefix_groups(contexts, min_shared=10)
+    # a[:12] + (4,) would cut the 20-token prefix of three contexts to 12: 36 < 40 saved,
+    # so it stays out; `a` itself keeps its last token out of the prefix (19 shared).
+    assert sorted((n, sorted(m)) for n, m in groups) == [(19, [0, 2, 6]), (30, [1, 5])]
+    assert sorted(alone) == [3, 4]
+    assert prefix_groups([b, b], min_shared=30) == ([], [0, 1])
+
+
 def test_pack_first_fit_decreasing():
     from solar_jax.eval.packed_scoring import Doc, balanced_batches, pack
 

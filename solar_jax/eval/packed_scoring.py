@@ -9,6 +9,10 @@ the context (lm-eval's definition), while the context runs once. Documents are p
 largest first into rows of a bucketed width, so rows carry almost no padding and a task
 compiles one program per width class (usually one).
 
+Documents whose contexts open with the same long run of tokens (a few-shot preamble) are
+grouped first: the run is computed once into a KV cache and their rows hold only the rest
+(solar_jax.eval.shared_prefix).
+
 Continuation token t is predicted at the slot before it (the context's last token for
 t = 0); the LM head runs only at those slots, gathered across the whole batch.
 """
@@ -17,12 +21,13 @@ from __future__ import annotations
 
 import bisect
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from solar_jax.eval import shared_prefix
 from solar_jax.generate.engine import bucket
 from solar_jax.model.transformer import bind
 
@@ -95,7 +100,10 @@ class PackedBatch:
     owner: np.ndarray        # [T] request index of each target (-1: none)
 
 
-def layout(rows: list[list[Doc]], n_rows: int, width: int, n_targets: int) -> PackedBatch:
+def layout(rows: list[list[Doc]], n_rows: int, width: int, n_targets: int,
+           offset: int = 0) -> PackedBatch:
+    """The arrays of a batch of rows; `offset`: the length of a shared prefix the rows'
+    contexts continue (their rotary positions start there)."""
     shape, tshape = (n_rows, width), (n_targets,)
     b = PackedBatch(np.zeros(shape, np.int32), np.zeros(shape, np.int32),
                     np.zeros(shape, np.int32), np.zeros(shape, np.int32),
@@ -108,7 +116,7 @@ def layout(rows: list[list[Doc]], n_rows: int, width: int, n_targets: int) -> Pa
             n = len(doc.context)
             b.tokens[r, slot:slot + n] = doc.context
             b.segment_ids[r, slot:slot + n] = seg
-            b.positions[r, slot:slot + n] = np.arange(n)
+            b.positions[r, slot:slot + n] = np.arange(offset, offset + n)
             last_context = r * width + slot + n - 1
             slot += n
             for c, (req, cont) in enumerate(zip(doc.requests, doc.continuations)):
@@ -116,7 +124,7 @@ def layout(rows: list[list[Doc]], n_rows: int, width: int, n_targets: int) -> Pa
                 b.tokens[r, slot:slot + m] = cont
                 b.segment_ids[r, slot:slot + m] = seg
                 b.branch_ids[r, slot:slot + m] = c + 1
-                b.positions[r, slot:slot + m] = np.arange(n, n + m)
+                b.positions[r, slot:slot + m] = np.arange(offset + n, offset + n + m)
                 b.at[k] = last_context
                 b.at[k + 1:k + m] = r * width + np.arange(slot, slot + m - 1)
                 b.targets[k:k + m] = cont
@@ -139,10 +147,15 @@ def token_logprobs(logits, targets, mask):
 
 @functools.partial(jax.jit, static_argnums=0)
 def score_packed(config, params, tokens, segment_ids, branch_ids, positions, at, targets,
-                 valid):
-    """Per-target log-probabilities and greedy flags [T] of one packed batch."""
+                 valid, prefix=None):
+    """Per-target log-probabilities and greedy flags [T] of one packed batch; `prefix`:
+    the KV cache of a prefix every row continues (solar_jax.eval.shared_prefix)."""
     model = bind(config, params)
-    hidden = model.hidden_states(tokens, segment_ids, positions, branch_ids=branch_ids)
+    if prefix is None:
+        hidden = model.hidden_states(tokens, segment_ids, positions, branch_ids=branch_ids)
+    else:
+        hidden = shared_prefix.hidden_states_after(model, prefix, tokens, segment_ids,
+                                                   positions, branch_ids)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     logits = model.logits(hidden[at][None])[0]
     return token_logprobs(logits, targets, valid)
@@ -150,7 +163,19 @@ def score_packed(config, params, tokens, segment_ids, branch_ids, positions, at,
 
 def score_docs(model, docs: list[Doc], batch_size: int, results: list, progress=None) -> None:
     """Fill results[request] = (log-likelihood, is_greedy) for every continuation of every
-    document (each no longer than MAX_PACKED_TOKENS)."""
+    document (each no longer than MAX_PACKED_TOKENS). Documents whose contexts share a
+    long prefix run it once (solar_jax.eval.shared_prefix)."""
+    groups, alone = shared_prefix.prefix_groups([doc.context for doc in docs])
+    for length, members in groups:
+        prefix = docs[members[0]].context[:length]
+        cache = shared_prefix.prefill(model.config, model.params, prefix)
+        rest = [replace(docs[i], context=docs[i].context[length:]) for i in members]
+        _score_rows(model, rest, batch_size, results, progress, cache, length)
+    _score_rows(model, [docs[i] for i in alone], batch_size, results, progress)
+
+
+def _score_rows(model, docs: list[Doc], batch_size: int, results: list, progress,
+                prefix=None, offset: int = 0) -> None:
     classes: dict[int, list[Doc]] = {}
     for doc in docs:
         classes.setdefault(width_for(doc), []).append(doc)
@@ -161,9 +186,10 @@ def score_docs(model, docs: list[Doc], batch_size: int, results: list, progress=
         n_targets = bucket(max(sum(d.n_targets for row in batch for d in row)
                                for batch in batches), minimum=4)
         for batch in batches:
-            b = layout(batch, n_rows, width, n_targets)
+            b = layout(batch, n_rows, width, n_targets, offset)
             logp, greedy = score_packed(model.config, model.params, b.tokens, b.segment_ids,
-                                        b.branch_ids, b.positions, b.at, b.targets, b.valid)
+                                        b.branch_ids, b.positions, b.at, b.targets, b.valid,
+                                        prefix)
             logp, greedy = np.asarray(logp), np.asarray(greedy)
             seen = b.owner >= 0
             owners, which = np.unique(b.owner[seen], return_inverse=True)

@@ -178,7 +178,8 @@ def cache_step_attention(q, k_cache, v_cache, cache_mask, k_new, v_new, new_mask
     plain matmul, twice as fast as q @ K^T on XLA:CPU), v_cache [batch, kv_heads, max_len,
     head_dim], cache_mask [batch, q_len, max_len] (slots the step is about to write must be
     False); k_new/v_new [batch, q_len, kv_heads, head_dim] with new_mask [batch, q_len,
-    q_len].
+    q_len]. A cache without the batch axis ([kv_heads, head_dim, max_len] and [kv_heads,
+    max_len, head_dim]) is one prefix every row shares (solar_jax.eval.shared_prefix).
 
     Why not write first and attend over the written cache: then the cache update has two
     readers (the attention and the next step), and XLA:CPU fused a second copy of the
@@ -186,14 +187,15 @@ def cache_step_attention(q, k_cache, v_cache, cache_mask, k_new, v_new, new_mask
     a 60 ms step at batch 1 with a 1,536-slot cache). Reading the old cache leaves the
     update a single in-place write."""
     b, q_len, heads, d = q.shape
-    kv_heads = k_cache.shape[1]
+    kv_heads = k_cache.shape[-3]
     group = heads // kv_heads
     qt = fold_query_groups(q, kv_heads)
     k_new, v_new = k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3)
 
     def scores(keys_t, mask):
-        out = jnp.einsum("bhqd,bhdk->bhqk", qt, keys_t, preferred_element_type=jnp.float32)
-        out = out.reshape(b, kv_heads, group, q_len, keys_t.shape[3]) * scale
+        spec = "bhqd,hdk->bhqk" if keys_t.ndim == 3 else "bhqd,bhdk->bhqk"
+        out = jnp.einsum(spec, qt, keys_t, preferred_element_type=jnp.float32)
+        out = out.reshape(b, kv_heads, group, q_len, keys_t.shape[-1]) * scale
         return jnp.where(mask[:, None, None, :, :], out, MASK_VALUE)
 
     old, new = scores(k_cache, cache_mask), scores(k_new.swapaxes(2, 3), new_mask)
@@ -203,8 +205,8 @@ def cache_step_attention(q, k_cache, v_cache, cache_mask, k_new, v_new, new_mask
 
     def mix(weights, values):
         weights = weights.reshape(b, kv_heads, group * q_len, -1).astype(values.dtype)
-        return jnp.einsum("bhqk,bhkd->bhqd", weights, values,
-                          preferred_element_type=jnp.float32)
+        spec = "bhqk,hkd->bhqd" if values.ndim == 3 else "bhqk,bhkd->bhqd"
+        return jnp.einsum(spec, weights, values, preferred_element_type=jnp.float32)
 
     out = (mix(old, v_cache) + mix(new, v_new)).reshape(b, kv_heads, group, q_len, d) / total
     return unfold_query_groups(out.reshape(b, kv_heads, group * q_len, d), q)
