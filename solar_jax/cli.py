@@ -92,6 +92,9 @@ def _run(argv) -> int:
             return e.code if isinstance(e.code, int) else 2
         interrupts.configure(ignore_after_commit=getattr(args, "one_output", False))
         if getattr(args, "compiles", True):  # the cache's set-up imports jax (~2 s)
+            if argv is None:  # the console command: huge pages for XLA's buffers
+                from solar_jax import hugepages
+                hugepages.reexec()
             from solar_jax import compile_cache
             compile_cache.enable()
         args.func(args)
