@@ -72,6 +72,8 @@ def test_reexec_sets_the_tunable_once_and_cuts_page_faults():
     huge, set_huge = _probe(restart)
     kept, set_kept = _probe(restart, SOLAR_JAX_HUGEPAGES="0")
     assert (set_plain, set_huge, set_kept) == (False, True, False)
-    # 1.5 GiB of 4 KiB pages is ~390,000 faults; in 2 MiB pages a few thousand at most.
-    assert plain > 300_000 and kept > 300_000, (plain, kept)
-    assert huge < plain // 10, (plain, huge)
+    # 1.5 GiB in 2 MiB pages is a few thousand faults at most.
+    assert huge < 40_000, huge
+    if hugepages.thp_mode() == "madvise":  # under `always` every process gets huge pages
+        # ... in 4 KiB pages it is ~390,000.
+        assert plain > 300_000 and kept > 300_000, (plain, kept)
