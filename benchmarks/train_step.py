@@ -61,7 +61,7 @@ from train_step_runners import (JaxRunner, TorchRunner, compile_time, jax_matmul
                                 loadavg, machine_info, make_batch, model_config,
                                 torch_matmul_flops, train_config)
 
-GOAL_SPEEDUP = 2.0
+GOAL_SPEEDUP = 1.0  # issue 19: the CPU train step at PyTorch's pace
 GOAL_COMPILE_RATIO = 1.3
 
 
