@@ -18,6 +18,7 @@ from conftest import hf_tensors, make_hf_model
 from solar_jax.checkpoint import orbax_layout, solar_format
 from solar_jax.checkpoint.opener import open_source
 from solar_jax.checkpoint.output import convert
+from solar_jax.cli import main
 from solar_jax.orbax_util import quiet_orbax
 from solar_jax.tree_paths import get_leaf
 
@@ -117,3 +118,20 @@ def test_conversion_imports_neither_orbax_nor_jax(src, tmp_path):
     assert sorted(ref) == sorted(out)
     for name in ref:
         assert ref[name].tobytes() == out[name].tobytes(), name
+
+
+
+def test_a_float64_checkpoint_needs_dtype(tmp_path, capsys):
+    # A solar-jax checkpoint stores fp32, fp16 or bf16 leaves: an F64 source is refused in
+    # one line before anything is written, and converts with --dtype.
+    make_hf_model(tmp_path / "hf64", num_hidden_layers=2, seed=3, dtype=torch.float64, **SMALL)
+    capsys.readouterr()  # transformers' save progress
+    assert main(["convert", str(tmp_path / "hf64"), str(tmp_path / "sj")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unsupported weight dtype float64" in err[0], err
+    assert not (tmp_path / "sj").exists()
+    assert main(["convert", str(tmp_path / "hf64"), str(tmp_path / "sj"), "--dtype", "fp32"]) == 0
+    ref, source = hf_tensors(tmp_path / "hf64"), open_source(tmp_path / "sj")
+    kernel = source.read_leaf(("layers", "mlp", "up_proj", "kernel"))
+    assert kernel.dtype == np.float32
+    np.testing.assert_array_equal(kernel[1].T, ref["model.layers.1.mlp.up_proj.weight"].astype(np.float32))

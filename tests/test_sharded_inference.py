@@ -39,6 +39,16 @@ SCRIPT = textwrap.dedent("""
     requests = [(rng.integers(1, 256, n).tolist(), rng.integers(1, 256, m).tolist())
                 for n, m in ((6, 3), (6, 2), (12, 5), (1, 4), (30, 7))]
     requests.append((requests[0][0], [9, 9]))  # shares a context: the packed path
+    # few-shot style contexts over one preamble: the shared-prefix path (its KV cache is
+    # prefilled once, under the model's mesh)
+    from solar_jax.eval import shared_prefix
+    shared_prefix.MIN_SHARED_PREFIX = 8
+    prefilled = []
+    real_prefill = shared_prefix.prefill
+    shared_prefix.prefill = lambda c, p, prefix: prefilled.append(prefix) or real_prefill(c, p, prefix)
+    preamble = rng.integers(1, 256, 14).tolist()
+    requests += [(preamble + rng.integers(1, 256, n).tolist(), rng.integers(1, 256, m).tolist())
+                 for n, m in ((3, 2), (5, 1), (2, 4), (3, 3))]
 
     def run(model):
         logits = np.asarray(model(ids))
@@ -55,7 +65,9 @@ SCRIPT = textwrap.dedent("""
         assert "tensor" in q.sharding.spec, q.sharding.spec
         shard = q.addressable_shards[0].data
         assert shard.size * model.mesh.shape["tensor"] <= q.size, (shard.shape, q.shape)
+        prefilled.clear()
         logits, scores, tokens, sampled = run(model)
+        assert prefilled, (spec, "the shared-prefix path was not taken")
         err = float(np.abs(logits - ref[0]).max())
         assert err < 1e-5, (spec, err)
         for (a, ga), (b, gb) in zip(scores, ref[1]):
