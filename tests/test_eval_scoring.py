@@ -142,6 +142,24 @@ def test_pack_first_fit_decreasing():
         pack([Doc((0,), tuple(range(200)), ((1,),))], 128)
 
 
+def test_row_width_runs_the_fewest_slots():
+    from solar_jax.eval.packed_scoring import Doc, choose_layout
+
+    def docs(length, n):
+        return [Doc((i,), tuple(range(length - 1)), ((1,),)) for i in range(n)]
+
+    # 30 documents of 100 tokens, batch 16 (16 * 128 tokens a forward): rows of 256 hold
+    # two (15 rows, 2 batches of 8: 4,096 slots), rows of 320 three (10 rows, 2 batches of
+    # 5: 3,200); 128 and 384 both run 3,840.
+    width, batches, n_rows = choose_layout(docs(100, 30), 256, 16)
+    assert (width, n_rows, len(batches)) == (320, 5, 2)
+    assert sorted(d.requests for b in batches for row in b for d in row) == [(i,) for i in range(30)]
+    assert all(sum(d.length for d in row) <= width for b in batches for row in b)
+    # Documents that fill the class's own rows keep its width (no extra compiled shape).
+    width, batches, n_rows = choose_layout(docs(128, 32), 256, 16)
+    assert (width, n_rows, len(batches)) == (256, 8, 2)
+
+
 def test_mc2_and_acc_norm_metrics(tiny, monkeypatch, tmp_path):
     from solar_jax.eval import runner as ev
 
