@@ -71,6 +71,34 @@ def test_packed_multiple_choice_equals_separate_forwards(tiny, monkeypatch):
         assert greedy == bool((logp[rows].argmax(-1) == cont).all())
 
 
+def test_scores_in_a_chosen_row_width_equal_separate_forwards(tiny, monkeypatch):
+    """Documents that waste a class's own rows are packed at another width (choose_layout),
+    and score exactly as before."""
+    from solar_jax.eval import packed_scoring as packing
+
+    monkeypatch.setattr(packing, "PACK_WIDTH", 32)
+    monkeypatch.setattr(packing, "MIN_WIDTH_STEP", 8)
+    monkeypatch.setattr(packing, "TOKENS_PER_REQUEST", 24)
+    widths = []
+    real = packing.choose_layout
+    monkeypatch.setattr(packing, "choose_layout",
+                        lambda d, w, b: (lambda out: widths.append((w, out[0])) or out)(real(d, w, b)))
+    rng = np.random.default_rng(7)
+    requests = []
+    # 11 documents of 13 tokens, 4 * 24 tokens a forward: rows of 32 hold two (2 batches
+    # of 3 rows: 192 slots), rows of 40 three (2 batches of 2: 160); 16, 24, 48 run more
+    for _ in range(11):
+        context = rng.integers(3, 256, 7).tolist()
+        requests += [(context, rng.integers(3, 256, 2).tolist()) for _ in range(3)]
+    got = Scorer(tiny, None, batch_size=4, max_length=40).loglikelihood_tokens(requests)
+    assert widths == [(32, 40)], widths  # wider than the class: its rows must use it
+    for (context, cont), (ll, greedy) in zip(requests, got):
+        logp = log_softmax(_forward_padded(tiny, context + cont[:-1]))
+        rows = np.arange(len(context) - 1, len(context) + len(cont) - 1)
+        assert ll == pytest.approx(logp[rows, cont].sum(), abs=1e-4)
+        assert greedy == bool((logp[rows].argmax(-1) == cont).all())
+
+
 @pytest.fixture(scope="module")
 def windowed(tiny):
     """tiny as a Mistral with a 6-token sliding window: the prefix's keys fall out of it."""

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from solar_jax.commands.generate import add_mesh_arg
@@ -54,12 +53,8 @@ def run(args) -> None:
                       what="--out")
         if Path(args.out).is_dir():
             raise SolarError(f"--out {args.out} is a directory; give a file name")
-    # The tokenizer (transformers' import, ~0.8 s) loads on a thread while the weights do:
-    # start-up is a third of a short task's wall (benchmarks/RESULTS.md, 2026-12-03).
-    with ThreadPoolExecutor(1) as pool:
-        tokenizer = pool.submit(load_tokenizer, args.tokenizer or args.model)
-        model = load_model(args.model, args.dtype, mesh=args.mesh)
-        model.tokenizer = tokenizer.result()
+    model = load_model(args.model, args.dtype, mesh=args.mesh)
+    model.tokenizer = load_tokenizer(args.tokenizer or args.model)
     results = evaluate(model, args.task, args.data, limit=args.limit,
                        num_fewshot=args.num_fewshot, fewshot_data=args.fewshot_data,
                        batch_size=args.batch_size, max_length=args.max_length,

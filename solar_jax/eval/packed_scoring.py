@@ -34,6 +34,7 @@ from solar_jax.model.transformer import bind
 PACK_WIDTH = 256          # the narrowest row; short documents share it
 MAX_PACKED_TOKENS = 4096  # a longer document is scored one request per row instead
 TOKENS_PER_REQUEST = 128  # --batch-size B packs about B * 128 tokens into one forward
+MIN_WIDTH_STEP = 64       # choose_layout's widths are multiples of this (or of a quarter class)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def choose_layout(docs: list[Doc], width: int, batch_size: int) -> tuple[int, li
                                            max(1, batch_size * TOKENS_PER_REQUEST // w))
         return len(batches) * n_rows * w, w, batches, n_rows
 
-    step = max(64, width // 4)
+    step = max(MIN_WIDTH_STEP, width // 4)
     longest = max(d.length for d in docs)
     best = default = layout_for(width)
     for w in range(-(-longest // step) * step, width * 3 // 2 + 1, step):
