@@ -61,6 +61,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 _default_showwarning = warnings.showwarning
 
 
+def _exit_without_collecting() -> None:
+    """Let the console command's process end without the cyclic garbage collector walking
+    every object of jax, flax and transformers: their module teardown took 0.4-0.7 s of each
+    command's wall time (after the output was complete), and ~0.1 s with the collector off.
+    Refcounting, atexit handlers and file closing still run; only cycles are left to the
+    operating system, which reclaims the whole process anyway."""
+    import gc
+
+    gc.disable()
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> int:
     # The handlers go in before the command imports jax: an interrupt during start-up is
     # then the same one line as any other. The console script (argv None) keeps them
@@ -77,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = previous_showwarning
         if argv is None:
             interrupts.quiet()
+            _exit_without_collecting()
         else:
             interrupts.restore()
 

@@ -152,3 +152,30 @@ def test_plurals():
     assert plural(1, "step") == "1 step" and plural(2, "warmup step") == "2 warmup steps"
     assert plural(0, "row") == "0 rows"
     assert "1 warmup steps" not in (ROOT / "docs" / "ablate" / "report.md").read_text()
+
+
+# ---- the console command's exit ----------------------------------------------------------
+
+
+def test_console_exit_skips_only_the_cycle_collector(tmp_path):
+    """The console path (argv None) turns the cyclic collector off for the teardown, and
+    nothing else: the exit status stands, and atexit handlers (orbax's, tempfile's) still
+    run. An in-process call leaves the collector as it found it."""
+    import subprocess
+
+    marker = tmp_path / "atexit_ran"
+    child = (
+        "import atexit, gc, pathlib, sys\n"
+        "from solar_jax import cli\n"
+        f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
+        "sys.argv = ['solar-jax', 'eval', 'm', '--data', 'x.jsonl']\n"  # a usage mistake: 2
+        "rc = cli.main()\n"
+        "print('collector', gc.isenabled())\n"
+        "sys.exit(rc)\n")
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                            env={**__import__("os").environ, "SOLAR_JAX_HUGEPAGES": "0"})
+    assert result.returncode == 2, result.stderr
+    assert "collector False" in result.stdout
+    assert marker.read_text() == "yes"
+    import gc
+    assert main(["eval", "m", "--data", "x.jsonl"]) == 2 and gc.isenabled()
