@@ -61,6 +61,10 @@ def child_main(step: str, args: list[str], result_path: str) -> None:
         import runpy
         runpy.run_path(os.environ["CONVERT_MEMORY_PRELOAD"])
     if step in ("import_solar", "to_solar", "to_hf"):
+        # as the console command starts (solar_jax.cli): restarted once with glibc's
+        # huge-page tunable unless SOLAR_JAX_HUGEPAGES=0; the parent's wall includes it
+        from solar_jax import hugepages
+        hugepages.reexec()
         import solar_jax  # noqa: F401
         from solar_jax import cli
         if step == "import_solar":
@@ -168,6 +172,10 @@ def run_step(step: str, args: list[str], workdir: Path, preload: str | None = No
     if preload:
         env["CONVERT_MEMORY_PRELOAD"] = str(Path(preload).absolute())
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", step, str(result), *args]
+    # Untimed: the page cache's dirty pages go to disk first, so the previous step's
+    # write-back (transformers never fsyncs; the source was just generated) is not paid
+    # inside the next step's time.
+    os.sync()
     peaks: dict = {}
     stop = threading.Event()
     with open(workdir / f"log-{step}.txt", "w") as log:

@@ -77,3 +77,21 @@ def test_reexec_sets_the_tunable_once_and_cuts_page_faults():
     if hugepages.thp_mode() == "madvise":  # under `always` every process gets huge pages
         # ... in 4 KiB pages it is ~390,000.
         assert plain > 300_000 and kept > 300_000, (plain, kept)
+
+
+@needs_thp
+@pytest.mark.parametrize("command", ["convert", "eval"])
+def test_every_console_command_restarts_before_its_parser(command):
+    """convert compiles nothing, yet tensorstore's reads gain as much (hugepages' doc), so
+    every command restarts, and first: even `--help` runs in the restarted process."""
+    child = ("import os, sys\n"
+             "print('tunables', os.environ.get('GLIBC_TUNABLES'), flush=True)\n"
+             "from solar_jax import cli\n"
+             f"sys.argv = ['solar-jax', {command!r}, '--help']\n"
+             "sys.exit(cli.main())\n")
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                            env=_base_env())
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("tunables")]
+    assert lines == ["tunables None", f"tunables {TUNABLE}"], lines
+    assert result.stdout.count("usage:") == 1  # the help, printed once, after the restart
