@@ -179,3 +179,35 @@ def test_runtime_never_imports_torch(tmp_path):
             f"m([[1, 2, 3]]); solar_jax.save_model(m, {str(tmp_path / 'out')!r}, format='hf'); "
             f"assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("budget, most_alive", [(0, 0), (1 << 40, 1)])
+def test_next_leaf_is_read_meanwhile_only_within_the_budget(tmp_path, monkeypatch, budget,
+                                                            most_alive):
+    """writers.PREFETCH_BYTES: leaf k+1 is read while leaf k is written only where the two
+    fit in the budget, so at most two leaves are ever held; beyond it, one at a time."""
+    import weakref
+
+    import torch
+
+    from solar_jax.checkpoint import writers
+    from solar_jax.checkpoint.opener import open_source
+
+    make_hf_model(tmp_path / "hf", dtype=torch.float32)
+    source = open_source(tmp_path / "hf")
+    alive, seen = [], []
+    original = source.read_leaf
+
+    def counting_read(path, layers=None):
+        seen.append(sum(ref() is not None for ref in alive))  # leaves still held now
+        array = original(path, layers)
+        alive.append(weakref.ref(array))
+        return array
+
+    monkeypatch.setattr(source, "read_leaf", counting_read)
+    monkeypatch.setattr(writers, "PREFETCH_BYTES", budget)
+    writers.write_solar(source, tmp_path / "sj")
+    assert len(seen) == len(source.leaf_paths()) and max(seen) == most_alive, seen
+    assert main(["convert", str(tmp_path / "sj"), str(tmp_path / "out"), "--to", "hf"]) == 0
+    src, out = hf_tensors(tmp_path / "hf"), hf_tensors(tmp_path / "out")
+    assert all(src[name].tobytes() == out[name].tobytes() for name in src)

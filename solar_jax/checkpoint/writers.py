@@ -32,12 +32,13 @@ from solar_jax.config import ModelConfig, canonical_dtype
 from solar_jax.destination import check_destination, staged_dir
 from solar_jax.errors import SolarError
 
-# Reading leaf k+1 while orbax writes leaf k overlaps the CPU-bound decode with the disk
-# (0.86x the wall of HF -> solar at 2 GB, measured in pairs) but holds two leaves, so only
-# pairs within this budget get it. 256 MiB keeps the conversion's peak at about one leaf
-# from the 2 GB benchmark up (issue 2's bound: 1.10 GiB there; with 1 GiB it was 1.21), and
-# a 10.7B model's 5.6 GB leaves are read one at a time.
-PREFETCH_BYTES = 256 << 20
+# Reading leaf k+1 while tensorstore writes leaf k overlaps the read and transpose with the
+# page-cache writes (HF -> solar of the 2 GB benchmark: 0.75x the wall, median of 7
+# alternating pairs, benchmarks/RESULTS.md 2026-12-03) but holds two leaves, so only pairs
+# within this budget get it: there the peak is 0.95-1.01 GiB against issue 2's bound of
+# 1.20 GiB (2 x the largest leaf + the import-only constant), and a 7B or 10.7B model's
+# 3.8-5.6 GB leaves are still read one at a time.
+PREFETCH_BYTES = 1 << 30
 
 
 def guarded_stage(source: ParamSource, dst: str | Path, overwrite: bool):
