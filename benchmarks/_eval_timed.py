@@ -3,16 +3,16 @@ one JSON line {"compile_s": ..., "trace_s": ..., "programs": ...} after the comm
 
 benchmarks/eval.py runs this as the fresh process it times, so the end-to-end wall time is
 the CLI's and the compile time comes from the same run (jax.monitoring listeners). It runs
-as the console command does: restarted once with the huge-page tunable before jax is
-imported (solar_jax.hugepages), then `main()` on sys.argv, which ends the process the same
-way (solar_jax.cli)."""
+as the console command does: restarted once with the huge-page tunable before its parser
+is built and jax imported (solar_jax.hugepages), then `main()` on sys.argv, which ends the
+process the same way (solar_jax.cli)."""
 
 import json
 import sys
 
 from solar_jax import hugepages
 
-hugepages.reexec()  # before jax: what `solar-jax eval` pays, not a second jax import
+hugepages.reexec()  # as `solar-jax eval`: first thing, a bare interpreter start
 
 import jax  # noqa: E402
 

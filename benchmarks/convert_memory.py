@@ -61,10 +61,6 @@ def child_main(step: str, args: list[str], result_path: str) -> None:
         import runpy
         runpy.run_path(os.environ["CONVERT_MEMORY_PRELOAD"])
     if step in ("import_solar", "to_solar", "to_hf"):
-        # as the console command starts (solar_jax.cli): restarted once with glibc's
-        # huge-page tunable unless SOLAR_JAX_HUGEPAGES=0; the parent's wall includes it
-        from solar_jax import hugepages
-        hugepages.reexec()
         import solar_jax  # noqa: F401
         from solar_jax import cli
         if step == "import_solar":

@@ -21,6 +21,9 @@ from solar_jax import interrupts  # stdlib only: cheap to import before the hand
 
 COMMAND_MODULES = ("convert", "upscale", "merge", "train", "build_math", "build_instruct",
                    "generate", "chat", "eval", "ablate", "demo", "report", "compile")
+# Streaming numpy/tensorstore work: no jax import for the compile cache, and no huge-page
+# restart (a whole-process A/B of `convert --to hf` came out even, benchmarks/convert_ab.py).
+STREAMING_COMMANDS = frozenset({"convert", "upscale", "merge"})
 
 
 class Parser(argparse.ArgumentParser):
@@ -94,16 +97,25 @@ def main(argv: list[str] | None = None) -> int:
             interrupts.restore()
 
 
+_COMPILING = frozenset(COMMAND_MODULES) - STREAMING_COMMANDS
+
+
+def _command_word(args: list[str]) -> str | None:
+    """The module name of the subcommand a command line names (its first word that is not
+    an option; `build-math` is solar_jax.commands.build_math)."""
+    word = next((a for a in args if not a.startswith("-")), None)
+    return word.replace("-", "_") if word else None
+
+
 def _run(argv) -> int:
     from solar_jax.errors import SolarError
 
     try:
         interrupts.pause_at("startup")
-        if argv is None:
-            # the console command: huge pages for XLA's buffers and for tensorstore's reads
-            # (a checkpoint leaf reads at 4-5 GB/s with them, 0.5-1.1 GB/s without). First,
-            # before the parser imports the command modules, so the restart costs a bare
-            # interpreter start.
+        if argv is None and _command_word(sys.argv[1:]) in _COMPILING:
+            # the console command: huge pages for XLA's buffers. Decided from the command
+            # word, before the parser imports every command module (~1.1 s), so the
+            # restart costs a bare interpreter start.
             from solar_jax import hugepages
             hugepages.reexec()
         try:
@@ -111,7 +123,7 @@ def _run(argv) -> int:
         except SystemExit as e:  # --help (0) or a usage mistake (2, its line printed)
             return e.code if isinstance(e.code, int) else 2
         interrupts.configure(ignore_after_commit=getattr(args, "one_output", False))
-        if getattr(args, "compiles", True):  # the cache's set-up imports jax (~2 s)
+        if args.command not in STREAMING_COMMANDS:  # the cache's set-up imports jax (~2 s)
             from solar_jax import compile_cache
             compile_cache.enable()
         args.func(args)

@@ -1,4 +1,4 @@
-"""Transparent huge pages for large host buffers: XLA's and tensorstore's (Linux, glibc).
+"""Transparent huge pages for the host buffers of compiled programs (Linux, glibc).
 
 XLA:CPU allocates a program's large buffers (a scan's stacked residuals and gradients, the
 logits chunks) with malloc on every run, and glibc serves each from a fresh mmap: 4 KiB
@@ -9,14 +9,13 @@ these are the "zero-filled broadcasts" of benchmarks/RESULTS.md. glibc's tunable
 mappings, which the kernel grants in its default THP mode (`madvise`) as well as in
 `always`: the same step then takes ~4,000 faults and ~1 s of kernel time.
 
-The same holds for tensorstore's read buffers: a solar-jax checkpoint's 485 MB leaf reads
-at 4-5 GB/s with the tunable and at 0.5-1.1 GB/s without (page faults again); with it,
-`convert --to hf` of a 2 GB checkpoint takes 0.6-0.7x the time (benchmarks/RESULTS.md).
-
-glibc reads tunables only when a process starts, so every console command re-executes
-itself once with the tunable added, first thing, before it builds its parser (`reexec`).
-An in-process call of solar_jax.cli.main, or the Python API, is left alone: set
-GLIBC_TUNABLES yourself there.
+glibc reads tunables only when a process starts, so a compiling console command
+re-executes itself once with the tunable added, first thing: decided from the command word
+before the parser imports every command module (`reexec`, solar_jax.cli). `convert`,
+`upscale` and `merge` do not restart. Their tensorstore reads fault in fresh
+pages too, but whole `convert --to hf` processes with and without the tunable came out
+even (benchmarks/convert_ab.py, RESULTS 2026-12-03 evening). An in-process call of
+solar_jax.cli.main, or the Python API, is left alone: set GLIBC_TUNABLES yourself there.
 SOLAR_JAX_HUGEPAGES=0 keeps the environment as it is.
 """
 

@@ -181,12 +181,14 @@ def test_runtime_never_imports_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("budget, most_alive", [(0, 0), (1 << 40, 1)])
+@pytest.mark.parametrize("budget, most_held", [(0, 0), (1 << 40, 1)])
 def test_next_leaf_is_read_meanwhile_only_within_the_budget(tmp_path, monkeypatch, budget,
-                                                            most_alive):
+                                                            most_held):
     """writers.PREFETCH_BYTES: leaf k+1 is read while leaf k is written only where the two
-    fit in the budget, so at most two leaves are ever held; beyond it, one at a time."""
-    import weakref
+    fit in the budget, so at most two leaves are ever held; beyond it, one at a time.
+    "Held" = read and not yet written: counted when each read starts, with every write
+    slowed down so that a read-ahead, where there is one, starts during it."""
+    import time
 
     import torch
 
@@ -195,19 +197,26 @@ def test_next_leaf_is_read_meanwhile_only_within_the_budget(tmp_path, monkeypatc
 
     make_hf_model(tmp_path / "hf", dtype=torch.float32)
     source = open_source(tmp_path / "hf")
-    alive, seen = [], []
-    original = source.read_leaf
+    held, seen = set(), []
+    read, add = source.read_leaf, writers.LeafWriter.add
 
     def counting_read(path, layers=None):
-        seen.append(sum(ref() is not None for ref in alive))  # leaves still held now
-        array = original(path, layers)
-        alive.append(weakref.ref(array))
+        seen.append(len(held))
+        array = read(path, layers)
+        held.add(tuple(path))
         return array
 
+    def slow_add(self, path, array):
+        time.sleep(0.05)
+        add(self, path, array)
+        held.discard(tuple(path))
+
     monkeypatch.setattr(source, "read_leaf", counting_read)
+    monkeypatch.setattr(writers.LeafWriter, "add", slow_add)
     monkeypatch.setattr(writers, "PREFETCH_BYTES", budget)
     writers.write_solar(source, tmp_path / "sj")
-    assert len(seen) == len(source.leaf_paths()) and max(seen) == most_alive, seen
+    assert len(seen) == len(source.leaf_paths()) and max(seen) == most_held, seen
+    assert not held
     assert main(["convert", str(tmp_path / "sj"), str(tmp_path / "out"), "--to", "hf"]) == 0
     src, out = hf_tensors(tmp_path / "hf"), hf_tensors(tmp_path / "out")
     assert all(src[name].tobytes() == out[name].tobytes() for name in src)

@@ -161,6 +161,8 @@ def test_console_exit_skips_only_the_cycle_collector(tmp_path):
     """The console path (argv None) turns the cyclic collector off for the teardown, and
     nothing else: the exit status stands, and atexit handlers (orbax's, tempfile's) still
     run. An in-process call leaves the collector as it found it."""
+    import gc
+    import os
     import subprocess
 
     marker = tmp_path / "atexit_ran"
@@ -173,9 +175,8 @@ def test_console_exit_skips_only_the_cycle_collector(tmp_path):
         "print('collector', gc.isenabled())\n"
         "sys.exit(rc)\n")
     result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
-                            env={**__import__("os").environ, "SOLAR_JAX_HUGEPAGES": "0"})
+                            env={**os.environ, "SOLAR_JAX_HUGEPAGES": "0"})
     assert result.returncode == 2, result.stderr
     assert "collector False" in result.stdout
     assert marker.read_text() == "yes"
-    import gc
     assert main(["eval", "m", "--data", "x.jsonl"]) == 2 and gc.isenabled()

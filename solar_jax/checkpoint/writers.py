@@ -33,11 +33,12 @@ from solar_jax.destination import check_destination, staged_dir
 from solar_jax.errors import SolarError
 
 # Reading leaf k+1 while tensorstore writes leaf k overlaps the read and transpose with the
-# page-cache writes (HF -> solar of the 2 GB benchmark: 0.75x the wall, median of 7
-# alternating pairs, benchmarks/RESULTS.md 2026-12-03) but holds two leaves, so only pairs
-# within this budget get it: there the peak is 0.95-1.01 GiB against issue 2's bound of
-# 1.20 GiB (2 x the largest leaf + the import-only constant), and a 7B or 10.7B model's
-# 3.8-5.6 GB leaves are still read one at a time.
+# page-cache writes (HF -> solar of the 2 GB benchmark against the old 256 MiB budget:
+# median per-pair ratios 0.75x and 0.83x over 7 and 5 alternating pairs,
+# benchmarks/convert_ab.py) but holds two leaves, so only pairs within this budget get it:
+# there the peak is 0.79-0.93 GiB against issue 2's bound of 1.18 GiB (2 x the largest
+# leaf + the import-only constant), and a 7B or 10.7B model's 3.8-5.6 GB leaves are still
+# read one at a time.
 PREFETCH_BYTES = 1 << 30
 
 

@@ -18,8 +18,8 @@ def register(sub) -> None:
                    help="GGUF tensor type: f16 (default), bf16, f32, q8_0, q4_0; norms stay f32")
     p.add_argument("--no-tokenizer", dest="tokenizer", action="store_false",
                    help="GGUF: write the weights without a vocabulary (the source has none)")
-    # compiles=False: streaming numpy/tensorstore work; no jax import for the compile cache
-    p.set_defaults(func=run, one_output=True, compiles=False)
+    # a streaming command (solar_jax.cli.STREAMING_COMMANDS): no compile cache, no jax
+    p.set_defaults(func=run, one_output=True)
 
 
 def run(args) -> None:

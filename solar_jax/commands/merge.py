@@ -30,8 +30,8 @@ def register(sub) -> None:
                    help="HF output shard size (default 5GB; --to hf only)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a non-empty DST (once the new one is complete)")
-    # compiles=False: streaming numpy/tensorstore work; no jax import for the compile cache
-    p.set_defaults(func=run, one_output=True, compiles=False)
+    # a streaming command (solar_jax.cli.STREAMING_COMMANDS): no compile cache, no jax
+    p.set_defaults(func=run, one_output=True)
 
 
 def run(args) -> None:
